@@ -1,0 +1,71 @@
+"""Loading a checkpoint file the user already has into a cnnkit model, strictly."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnkit.utils import CnnkitError
+
+log = logging.getLogger("cnnkit")
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """`torch.load(weights_only=True)` with one-line errors for missing or undecodable files."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CnnkitError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and unpickler errors all mean the same to the user
+        raise CnnkitError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else 'corrupt file'}") from None
+    if not isinstance(obj, dict):
+        raise CnnkitError(f"{path} is not a checkpoint (a dict of tensors was expected)")
+    return obj
+
+
+def classifier_prefix(model: nn.Module) -> str:
+    """Name of the last nn.Linear: the head, whose shape follows `num_classes`."""
+    last = ""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    return last
+
+
+def load_weights(model: nn.Module, path: str | Path, model_name: str) -> None:
+    """Load a cnnkit checkpoint or a plain (torchvision/timm-layout) state_dict strictly.
+
+    Keys must match exactly; a classifier of another size is left freshly initialised.
+    """
+    ckpt = read_checkpoint(path)
+    state = ckpt
+    if "model" in ckpt and isinstance(ckpt["model"], dict):
+        other = ckpt.get("model_name")
+        if other is not None and other != model_name:
+            raise CnnkitError(f"{path} holds a '{other}' checkpoint, not '{model_name}'")
+        state = ckpt["model"]
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise CnnkitError(f"{path} does not fit '{model_name}': {len(missing)} keys missing, "
+                          f"{len(unexpected)} unexpected ({detail})")
+    head = classifier_prefix(model)
+    wrong = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    head_keys = [k for k in wrong if head and k.startswith(head + ".")]
+    if len(head_keys) != len(wrong):
+        bad = next(k for k in wrong if k not in head_keys)
+        raise CnnkitError(f"{path} does not fit '{model_name}': {bad} has shape "
+                          f"{tuple(state[bad].shape)}, the model expects {tuple(own[bad].shape)}")
+    if head_keys:
+        log.warning("classifier '%s' re-initialised: checkpoint has %d classes, model has %d",
+                    head, state[head + ".weight"].shape[0], own[head + ".weight"].shape[0])
+        state = {k: (own[k] if k in head_keys else v) for k, v in state.items()}
+    model.load_state_dict(state, strict=True)
