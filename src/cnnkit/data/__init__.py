@@ -1,0 +1,15 @@
+"""Data sets decoded once into memory, verified downloads, and a fast whole-batch pipeline.
+
+`load_dataset(name, split)` → `ArrayDataset` (uint8 images in one tensor) → `InMemoryLoader`
+(shuffled, augmented, normalised batches by tensor indexing, no per-sample Python).
+"""
+from cnnkit.data.array_dataset import ArrayDataset
+from cnnkit.data.augment import BatchAugment
+from cnnkit.data.datasets import (DEFAULT_DATA_DIR, DatasetInfo, get_dataset_info, list_datasets,
+                                  load_dataset)
+from cnnkit.data.imagefolder import ImageFolderDataset
+from cnnkit.data.loader import InMemoryLoader, StreamingLoader
+
+__all__ = ["ArrayDataset", "DatasetInfo", "list_datasets", "get_dataset_info", "load_dataset",
+           "InMemoryLoader", "BatchAugment", "StreamingLoader", "ImageFolderDataset",
+           "DEFAULT_DATA_DIR"]

@@ -47,9 +47,11 @@ def get_act(act: str | type[nn.Module] | None) -> nn.Module:
 
 
 class ConvNormAct(nn.Sequential):
-    """Conv2d → norm → activation, children named `conv`, `bn`, `act` by default.
+    """Conv2d → norm → activation (→ dropout), children named `conv`, `bn`, `act`, `drop`.
 
-    `padding=None` keeps the spatial size for odd kernels ("same" padding for stride 1).
+    `order` rearranges the parts: the chapter's two layer-arrangement schemes are
+    ("conv", "act", "drop", "norm") (scheme 1) and ("conv", "norm", "act", "drop") (scheme 2).
+    `padding=None` keeps the spatial size for odd kernels ("same" padding at stride 1).
     Models whose reference layout names the children differently (torchvision's `0`, `1`, `2`)
     pass `names=("0", "1", "2")` so checkpoints load unchanged.
     """
@@ -57,19 +59,26 @@ class ConvNormAct(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple = 3, *,
                  stride: int | tuple = 1, padding: int | tuple | None = None, dilation: int = 1,
                  groups: int = 1, bias: bool | None = None, norm="batchnorm", act="relu",
+                 drop_rate: float = 0.0, order: tuple[str, ...] = ("conv", "norm", "act", "drop"),
                  names: tuple[str, str, str] = ("conv", "bn", "act")):
         super().__init__()
         if padding is None:
             k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
             padding = tuple((kk - 1) // 2 * dilation for kk in k)
+        has_norm = norm is not None and norm != "none"
         if bias is None:  # a norm right after the conv makes its bias redundant
-            bias = norm is None or norm == "none"
-        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, bias=bias)
+            bias = not has_norm or order.index("norm") != order.index("conv") + 1
         conv_name, norm_name, act_name = names
-        self.add_module(conv_name, conv)
-        if norm is not None and norm != "none":
-            self.add_module(norm_name, get_norm(norm, out_channels))
+        parts = {"conv": (conv_name, nn.Conv2d(in_channels, out_channels, kernel_size,
+                                               stride=stride, padding=padding, dilation=dilation,
+                                               groups=groups, bias=bias))}
+        if has_norm:
+            parts["norm"] = (norm_name, get_norm(norm, out_channels))
         if act is not None and act != "none":
-            self.add_module(act_name, get_act(act))
+            parts["act"] = (act_name, get_act(act))
+        if drop_rate > 0:
+            parts["drop"] = ("drop", nn.Dropout(drop_rate))
+        for part in order:
+            if part in parts:
+                self.add_module(*parts[part])
         self.out_channels = out_channels

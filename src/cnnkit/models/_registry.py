@@ -62,7 +62,13 @@ def create_model(name: str, *, weights: str | None = None, **kwargs) -> nn.Modul
     initialisation and a line says so.
     """
     _check_name(name)
-    model = _MODELS[name](**kwargs)
+    try:
+        model = _MODELS[name](**kwargs)
+    except TypeError as exc:  # a misspelt or foreign keyword: say which, in one line
+        if "keyword argument" not in str(exc):
+            raise
+        raise CnnkitError(f"{name}: {str(exc).split(': ', 1)[-1]} "
+                          f"(check --model-args / the keyword names)") from None
     if weights is not None:
         from cnnkit.models._weights import load_weights  # noqa: PLC0415  (avoids an import cycle)
         load_weights(model, weights, name)

@@ -8,7 +8,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnkit.layers.scratch import ScratchConv2d, ScratchMaxPool2d
 from cnnkit.models._registry import register_model
+from cnnkit.utils import suggest
+
+# backend -> (conv class, max-pool class); "scratch" computes with cnnkit.ops, same state_dict
+_BACKENDS = {"torch": (nn.Conv2d, nn.MaxPool2d), "scratch": (ScratchConv2d, ScratchMaxPool2d)}
 
 
 class LeNet(nn.Module):
@@ -17,17 +22,23 @@ class LeNet(nn.Module):
 
     The output is log-probabilities, as in the chapter; cross-entropy on it equals the NLL loss
     because log_softmax is idempotent. `img_size` other than 28 changes only fc1's input width.
+    `backend="scratch"` builds the convs and pools from `cnnkit.layers.scratch` (cnnkit's own
+    ops): same parameters, created in the same order, so the same seed gives the same weights.
     """
 
-    def __init__(self, num_channels: int = 1, classes: int = 10, *, img_size: int = 28):
+    def __init__(self, num_channels: int = 1, classes: int = 10, *, img_size: int = 28,
+                 backend: str = "torch"):
         super().__init__()
+        if backend not in _BACKENDS:
+            raise suggest(backend, _BACKENDS, "backend")
+        conv, pool = _BACKENDS[backend]
         self.num_classes, self.in_chans = classes, num_channels
-        self.conv1 = nn.Conv2d(num_channels, 20, kernel_size=(5, 5))
+        self.conv1 = conv(num_channels, 20, kernel_size=(5, 5))
         self.relu1 = nn.ReLU()
-        self.maxpool1 = nn.MaxPool2d(kernel_size=(2, 2), stride=(2, 2))
-        self.conv2 = nn.Conv2d(20, 50, kernel_size=(5, 5))
+        self.maxpool1 = pool(kernel_size=(2, 2), stride=(2, 2))
+        self.conv2 = conv(20, 50, kernel_size=(5, 5))
         self.relu2 = nn.ReLU()
-        self.maxpool2 = nn.MaxPool2d(kernel_size=(2, 2), stride=(2, 2))
+        self.maxpool2 = pool(kernel_size=(2, 2), stride=(2, 2))
         side = ((img_size - 4) // 2 - 4) // 2  # two valid 5×5 convs, two 2/2 pools: 28 → 4
         if side < 1:
             raise ValueError(f"LeNet needs images of at least 16×16 pixels, got {img_size}")
@@ -49,5 +60,6 @@ class LeNet(nn.Module):
 
 
 @register_model(input_size=(1, 28, 28), fixed_input_size=True)
-def lenet(num_classes: int = 10, in_chans: int = 1, img_size: int = 28, **kwargs) -> LeNet:
-    return LeNet(in_chans, num_classes, img_size=img_size, **kwargs)
+def lenet(num_classes: int = 10, in_chans: int = 1, img_size: int = 28, backend: str = "torch",
+          **kwargs) -> LeNet:
+    return LeNet(in_chans, num_classes, img_size=img_size, backend=backend, **kwargs)

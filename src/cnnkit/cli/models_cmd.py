@@ -1,0 +1,22 @@
+"""`cnnkit models [PATTERN]`: registered models with their parameter counts."""
+import torch
+
+from cnnkit.models import count_parameters, create_model, get_model_cfg, list_models
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'resnet*'")
+
+
+def run(args) -> int:
+    names = list_models(args.pattern)
+    if not names:
+        print(f"no model matches '{args.pattern}'")
+        return 0
+    print(f"{'model':<22} {'params (1000 classes)':>22}  input")
+    for name in names:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            params = count_parameters(create_model(name))
+        size = "×".join(map(str, get_model_cfg(name)["input_size"]))
+        print(f"{name:<22} {params:>22,}  {size}")
+    return 0

@@ -1,0 +1,34 @@
+"""`cnnkit predict CHECKPOINT IMAGE...`: the top-k classes of each image, with probabilities."""
+from pathlib import Path
+
+import torch
+
+from cnnkit.cli.eval_cmd import resolve_checkpoint
+from cnnkit.data.imagefolder import decode_image
+from cnnkit.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint file or a run folder (uses its best.pt)")
+    parser.add_argument("images", nargs="+", type=Path, help="PNG/JPEG files, any size or mode")
+    parser.add_argument("--topk", type=int, default=5)
+
+
+def run(args) -> int:
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    model = model_from_checkpoint(ckpt)
+    channels, height, _ = ckpt["image_size"]  # square images
+    # Decode every file first: a bad one stops the command before any output.
+    images = torch.stack([decode_image(p, channels, height)
+                          for p in args.images])  # (N, C, H, W) uint8
+    mean = torch.tensor(ckpt["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(ckpt["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        probs = model((images.float() / 255 - mean) / std).float().softmax(1)
+    k = min(args.topk, probs.shape[1])
+    top = probs.topk(k, dim=1)
+    for path, p, idx in zip(args.images, top.values, top.indices):
+        print(path)
+        for prob, cls in zip(p.tolist(), idx.tolist()):
+            print(f"  {ckpt['classes'][cls]:>16}  {100 * prob:6.2f}%")
+    return 0

@@ -1,0 +1,132 @@
+"""The training configuration: one dataclass, from which the CLI flags are generated (STYLE.md habit 5).
+
+Precedence: these defaults < a YAML file (`--config`) < command-line flags.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+
+from cnnkit.utils import CnnkitError, suggest
+
+
+def _f(default, help: str, choices: tuple | None = None):  # noqa: A002  (argparse's word)
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**factory, metadata={"help": help, "choices": choices})
+
+
+# The default recipe per data set: values for the fields left at None. Measured in docs/benchmarks.md.
+RECIPES: dict[str, dict[str, Any]] = {
+    "digits": dict(epochs=30, batch_size=32, translate=2),  # 1,438 images: small batches, shifts
+    "mnist": dict(epochs=4, batch_size=128, translate=0),
+    "fashion-mnist": dict(epochs=15, batch_size=128, translate=0),
+    "kmnist": dict(epochs=10, batch_size=128, translate=1),
+    "cifar10": dict(epochs=30, batch_size=128, translate=0),
+}
+DEFAULT_RECIPE: dict[str, Any] = dict(epochs=10, batch_size=128, translate=0)
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train on ---
+    model: str = _f("lenet", "registered model name (see `cnnkit models`)")
+    model_args: dict = _f(dict, "extra model keywords, e.g. small_input=true,drop_rate=0.2")
+    dataset: str = _f("digits", "data set name (see `cnnkit datasets`)")
+    data_dir: str = _f("~/.cache/cnnkit", "download cache; for imagefolder, the image folder itself")
+    mirror: str | None = _f(None, "base URL replacing the official download location (or $CNNKIT_MIRROR)")
+    image_size: int | None = _f(None, "resize images to this side (default: native size; imagefolder: the model's)")
+    val_fraction: float = _f(0.1, "fraction of the training set held out for validation (seeded)")
+    # --- optimisation ---
+    epochs: int | None = _f(None, "epochs (default: the data set's recipe)")
+    batch_size: int | None = _f(None, "images per optimisation step (default: the data set's recipe)")
+    optimizer: str = _f("adam", "optimizer", ("sgd", "adam", "adamw"))
+    lr: float = _f(3e-3, "peak learning rate")
+    momentum: float = _f(0.9, "SGD momentum (Adam: beta1)")
+    nesterov: bool = _f(False, "Nesterov momentum (SGD)")
+    weight_decay: float = _f(0.0, "L2 penalty (SGD, Adam) or decoupled decay (AdamW)")
+    schedule: str = _f("onecycle", "learning-rate schedule", ("constant", "step", "cosine", "onecycle"))
+    warmup_epochs: float = _f(0.0, "linear warm-up length for the cosine schedule")
+    step_size: int = _f(10, "step schedule: epochs between decays")
+    gamma: float = _f(0.1, "step schedule: decay factor")
+    label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
+    grad_clip: float = _f(0.0, "clip the gradient norm to this value (0: off)")
+    early_stop: int = _f(0, "stop after this many epochs without improvement of `monitor` (0: off)")
+    monitor: str = _f("val_acc", "metric for best.pt and early stopping", ("val_acc", "val_loss"))
+    # --- augmentation (whole-batch tensor ops) ---
+    crop_padding: int = _f(0, "random crop after zero-padding by this many pixels")
+    translate: int | None = _f(None, "random translation by up to this many pixels (default: recipe)")
+    hflip: bool = _f(True, "random horizontal flip where the data set allows it")
+    # --- speed and reproducibility ---
+    precision: str = _f("auto", "bf16 autocast, fp32, or auto: bf16 where the CPU computes it natively",
+                        ("auto", "fp32", "bf16"))
+    channels_last: bool = _f(True, "NHWC memory format (faster oneDNN convolutions on CPU)")
+    threads: int = _f(0, "torch threads (0: torch's default)")
+    seed: int = _f(0, "seed for initialisation, split, shuffling and augmentation")
+    deterministic: bool = _f(False, "deterministic algorithms only: bit-identical reruns")
+    # --- output ---
+    out_dir: str = _f("runs", "where run folders are created")
+    name: str | None = _f(None, "run folder name (default: <model>-<dataset>-<time>)")
+    resume: str | None = _f(None, "continue the run in this folder (or from this checkpoint)")
+    quiet: bool = _f(False, "no progress bars")
+
+    def recipe(self) -> dict[str, Any]:
+        """The fields this config leaves at None, with the data set's recipe values."""
+        values = RECIPES.get(self.dataset, DEFAULT_RECIPE)
+        return {k: v for k, v in values.items() if getattr(self, k) is None}
+
+    def validate(self) -> "TrainConfig":
+        """Check the values argparse cannot check; raise CnnkitError naming the field."""
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise suggest(value, choices, f.name.replace("_", "-"))
+        positive = {"batch_size": self.batch_size, "lr": self.lr, "epochs": self.epochs}
+        for key, value in positive.items():
+            if value is not None and value <= 0:
+                raise CnnkitError(f"--{key.replace('_', '-')} must be positive, got {value}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise CnnkitError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise CnnkitError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.early_stop and self.val_fraction == 0:
+            raise CnnkitError("--early-stop needs a validation split (--val-fraction > 0)")
+        return self
+
+    def resolved_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if native_bf16() else "fp32"
+
+    def resolve(self) -> "TrainConfig":
+        """Replace the 'depends on the machine or data set' defaults by their values."""
+        self.validate()
+        for key, value in self.recipe().items():
+            setattr(self, key, value)
+        self.precision = self.resolved_precision()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise suggest(key, known, "config key")
+        return cls(**values)
+
+
+def native_bf16() -> bool:
+    """True on CPUs with AMX or AVX512-BF16, where bf16 autocast is faster than fp32."""
+    try:
+        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    except AttributeError:  # private helpers: absent on other builds means "don't know"
+        return False
+
+
+def default_of(f) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default

@@ -1,0 +1,77 @@
+"""Classification metrics from one pass over a loader: loss, top-1/top-5, confusion, per-class P/R/F1."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    top1: float
+    top5: float
+    confusion: torch.Tensor  # (K, K) int64, rows = true class, columns = predicted
+    count: int
+
+    @property
+    def precision(self) -> torch.Tensor:
+        return _safe_div(self.confusion.diag(), self.confusion.sum(0))
+
+    @property
+    def recall(self) -> torch.Tensor:
+        return _safe_div(self.confusion.diag(), self.confusion.sum(1))
+
+    @property
+    def f1(self) -> torch.Tensor:
+        p, r = self.precision, self.recall
+        return _safe_div(2 * p * r, p + r)
+
+    def per_class_table(self, classes: list[str]) -> str:
+        lines = [f"{'class':>14} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
+        support = self.confusion.sum(1)
+        for i, name in enumerate(classes):
+            lines.append(f"{name[:14]:>14} {self.precision[i]:9.4f} {self.recall[i]:7.4f} "
+                         f"{self.f1[i]:7.4f} {int(support[i]):8d}")
+        lines.append(f"{'macro avg':>14} {self.precision.mean():9.4f} {self.recall.mean():7.4f} "
+                     f"{self.f1.mean():7.4f} {self.count:8d}")
+        return "\n".join(lines)
+
+
+def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.double() / b.double().clamp(min=1)
+
+
+def autocast(precision: str):
+    """bf16 autocast on the CPU (uses AMX where the CPU has it); fp32 is a no-op."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, num_classes: int, *, precision: str = "fp32",
+             keep_outputs: bool = False) -> tuple[Evaluation, torch.Tensor | None]:
+    """Run `model` over `loader`; return the metrics (and the log-probabilities if asked)."""
+    model.eval()
+    loss_sum, top1, top5, count = 0.0, 0, 0, 0
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    outputs = []
+    k = min(5, num_classes)
+    for x, y in loader:
+        with autocast(precision):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        topk = logits.topk(k, dim=1).indices  # (B, k)
+        top1 += (topk[:, 0] == y).sum().item()
+        top5 += (topk == y[:, None]).any(1).sum().item()
+        confusion += torch.bincount(y * num_classes + topk[:, 0], minlength=num_classes ** 2)
+        count += len(y)
+        if keep_outputs:
+            outputs.append(logits.log_softmax(1))
+    evaluation = Evaluation(loss=loss_sum / max(1, count), top1=top1 / max(1, count),
+                            top5=top5 / max(1, count),
+                            confusion=confusion.view(num_classes, num_classes), count=count)
+    return evaluation, (torch.cat(outputs) if keep_outputs else None)

@@ -1,0 +1,43 @@
+"""Figures for edge detection: the classic maps, and a learned kernel beside the classic one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cnnkit.viz.inside import _show
+from cnnkit.viz.plots import plt, save_figure
+
+
+def plot_edge_maps(image: torch.Tensor, maps: dict[str, torch.Tensor], kernel_name: str,
+                   path) -> Path:
+    """Original, vertical edges, horizontal edges, gradient magnitude side by side."""
+    panels = [("original", image, "gray"), ("vertical edges", maps["vertical"], "gray"),
+              ("horizontal edges", maps["horizontal"], "gray"),
+              ("gradient magnitude", maps["magnitude"], "magma")]
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    for ax, (title, img, cmap) in zip(axes, panels):
+        _show(ax, img, cmap=cmap)
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"{kernel_name} kernels", fontsize=11)
+    return save_figure(fig, path, dpi=110)
+
+
+def plot_learned_kernel(learned: torch.Tensor, target: torch.Tensor, losses: list[float],
+                        name: str, path) -> Path:
+    """The learned 3×3 kernel beside the classic one (values printed), and the loss curve."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    limit = float(target.abs().max())
+    for ax, (title, kernel) in zip(axes, [("learned by gradient descent", learned), (name, target)]):
+        ax.imshow(kernel.numpy(), cmap="coolwarm", vmin=-limit, vmax=limit)
+        for i in range(kernel.shape[0]):
+            for j in range(kernel.shape[1]):
+                ax.text(j, i, f"{float(kernel[i, j]):.2f}", ha="center", va="center", fontsize=10)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[2].semilogy(losses)
+    axes[2].set_xlabel("step")
+    axes[2].set_ylabel("MSE to the classic response")
+    return save_figure(fig, path, dpi=110)
+
