@@ -7,8 +7,7 @@ from cnnkit.data.imagefolder import decode_image
 from cnnkit.ops import filters
 from cnnkit.utils import CnnkitError
 
-KERNELS = {"sobel": (filters.SOBEL_X, filters.SOBEL_Y), "prewitt": (filters.PREWITT_X, filters.PREWITT_Y),
-           "scharr": (filters.SCHARR_X, filters.SCHARR_Y)}
+KERNELS = filters.EDGE_KERNELS  # name → (vertical-edge kernel, horizontal-edge kernel)
 
 
 def add_arguments(parser) -> None:

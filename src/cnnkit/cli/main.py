@@ -16,6 +16,7 @@ COMMANDS = {
     "models": ("models_cmd", "list registered models"),
     "summary": ("summary_cmd", "per-layer output shapes, parameters and multiply-adds"),
     "datasets": ("datasets_cmd", "list the data sets cnnkit can load"),
+    "conv": ("conv_cmd", "convolve an image with cnnkit's own conv2d (stride, padding, dilation)"),
     "edges": ("edges_cmd", "edge detection with classic kernels, or learn one (--learn)"),
     "visualize": ("visualize_cmd", "kernels, feature maps, saliency/Grad-CAM, receptive fields"),
 }

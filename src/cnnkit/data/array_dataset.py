@@ -62,6 +62,14 @@ class ArrayDataset:
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def images_at(self, index: torch.Tensor) -> torch.Tensor:
+        """uint8 (len(index), C, H, W): the same call works on a streamed ImageFolderDataset."""
+        return self.images[index]
+
 
 # --- tensor helpers shared by every loader ---
 

@@ -7,6 +7,7 @@ them all once into an `ArrayDataset`. Both use `decode_image`, so both give iden
 """
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -171,6 +172,18 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def image_shape(self) -> tuple[int, int, int]:
         hw = self._native_hw or (self.image_size, self.image_size)
         return (self.channels, *hw)
+
+    def subset(self, index: torch.Tensor) -> "ImageFolderDataset":
+        """The files at `index` (e.g. a validation split), sharing classes and normalisation."""
+        part = copy.copy(self)
+        index = torch.as_tensor(index, dtype=torch.int64)
+        part.files = [self.files[i] for i in index.tolist()]
+        part.labels = self.labels[index]
+        return part
+
+    def images_at(self, index: torch.Tensor) -> torch.Tensor:
+        """uint8 (len(index), C, H, W), decoded now (as ArrayDataset.images_at reads memory)."""
+        return torch.stack([self.decode(self.files[i]) for i in index.tolist()])
 
     def _train_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         step = math.ceil(len(self._train_files) / STATS_SAMPLE)

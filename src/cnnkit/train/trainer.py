@@ -21,7 +21,8 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from cnnkit.data import ArrayDataset, BatchAugment, InMemoryLoader, load_dataset
+from cnnkit.data import (ArrayDataset, BatchAugment, ImageFolderDataset, InMemoryLoader,
+                         StreamingLoader, load_dataset)
 from cnnkit.models import create_model, get_model_cfg
 from cnnkit.train.checkpoint import load_checkpoint, save_checkpoint
 from cnnkit.train.config import TrainConfig
@@ -55,28 +56,57 @@ def set_reproducibility(config: TrainConfig) -> None:
     torch.use_deterministic_algorithms(config.deterministic)
 
 
-def load_data(config: TrainConfig) -> tuple[ArrayDataset, ArrayDataset | None, ArrayDataset, dict]:
-    """Train/validation/test sets, converted to the model's channels and size where it needs one."""
+Dataset = ArrayDataset | ImageFolderDataset
+
+
+def load_data(config: TrainConfig) -> tuple[Dataset, Dataset | None, Dataset, dict]:
+    """Train/validation/test sets, converted to the model's channels and size where it needs one.
+
+    Image folders are decoded once into memory, or, with `--stream`, per batch by DataLoader
+    workers (for folders larger than RAM).
+    """
     cfg = get_model_cfg(config.model)
     image_size = config.image_size
     channels = None
     if config.dataset == "imagefolder":  # arbitrary images: take the model's input format
         channels = cfg["input_size"][0]
         image_size = image_size or cfg["input_size"][1]
-    options = dict(data_dir=Path(config.data_dir).expanduser(), mirror=config.mirror,
-                   image_size=image_size, channels=channels, quiet=config.quiet)
-    train_full = load_dataset(config.dataset, "train", **options)
-    test = load_dataset(config.dataset, "test", **options)
+    data_dir = Path(config.data_dir).expanduser()
+    if config.stream:
+        if config.dataset != "imagefolder":
+            raise CnnkitError(f"--stream is for image folders; {config.dataset} is held in memory")
+        train_full, test = (ImageFolderDataset(data_dir, split, image_size=image_size,
+                                               channels=channels) for split in ("train", "test"))
+    else:
+        options = dict(data_dir=data_dir, mirror=config.mirror, image_size=image_size,
+                       channels=channels, quiet=config.quiet)
+        train_full = load_dataset(config.dataset, "train", **options)
+        test = load_dataset(config.dataset, "test", **options)
     # Seeded split: the same seed always holds out the same images.
     order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(config.seed))
     n_val = int(round(config.val_fraction * len(train_full)))
     val = train_full.subset(order[:n_val]) if n_val else None
     train = train_full.subset(order[n_val:])
-    model_kwargs = dict(num_classes=len(train_full.classes), in_chans=train_full.images.shape[1],
+    model_kwargs = dict(num_classes=len(train_full.classes), in_chans=train_full.image_shape[0],
                         **config.model_args)
     if cfg["fixed_input_size"]:
-        model_kwargs["img_size"] = train_full.images.shape[-1]
+        model_kwargs["img_size"] = train_full.image_shape[-1]
+    if config.backend != "torch":
+        model_kwargs["backend"] = config.backend
     return train, val, test, model_kwargs
+
+
+def make_loader(ds: Dataset, batch_size: int, config: TrainConfig, *, train: bool = False):
+    """Whole-batch loader over memory, or over files decoded by `config.workers` processes."""
+    options = dict(shuffle=train, drop_last=train, seed=config.seed,
+                   channels_last=config.channels_last)
+    if train:
+        options["augment"] = BatchAugment(crop_padding=config.crop_padding,
+                                          translate=config.translate,
+                                          hflip=config.hflip and ds.hflip_ok)
+    if isinstance(ds, ImageFolderDataset):
+        return StreamingLoader(ds, batch_size, num_workers=config.workers, **options)
+    return InMemoryLoader(ds, batch_size, **options)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -124,17 +154,12 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
     model = model.to(memory_format=memory_format)
     optimizer = make_optimizer(config, model)
 
-    augment = BatchAugment(crop_padding=config.crop_padding, translate=config.translate,
-                           hflip=config.hflip and train_set.hflip_ok)
-    train_loader = InMemoryLoader(train_set, config.batch_size, shuffle=True, drop_last=True,
-                                  seed=config.seed, augment=augment,
-                                  channels_last=config.channels_last)
+    train_loader = make_loader(train_set, config.batch_size, config, train=True)
     if len(train_loader) == 0:
         raise CnnkitError(f"--batch-size {config.batch_size} is larger than the training set "
                           f"({len(train_set)} images)")
     eval_batch = max(256, config.batch_size)
-    val_loader = (InMemoryLoader(val_set, eval_batch, shuffle=False,
-                                 channels_last=config.channels_last) if val_set else None)
+    val_loader = make_loader(val_set, eval_batch, config) if val_set else None
     epochs, steps_per_epoch = config.epochs, len(train_loader)
     total_steps = epochs * steps_per_epoch
     num_classes = model_kwargs["num_classes"]
@@ -161,7 +186,7 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
                 "history": history, "best": best, "config": config.to_dict(),
                 "model_name": config.model, "model_kwargs": model_kwargs,
                 "classes": train_set.classes, "mean": list(train_set.mean),
-                "std": list(train_set.std), "image_size": list(train_set.images.shape[1:])}
+                "std": list(train_set.std), "image_size": list(train_set.image_shape)}
 
     if start_epoch == 0:
         log(f"{config.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
@@ -236,8 +261,7 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
     chosen = "best.pt" if stopped_early else "last.pt"
     final = load_checkpoint(run_dir / chosen)
     model.load_state_dict(final["model"])
-    test_loader = InMemoryLoader(test_set, eval_batch, shuffle=False,
-                                 channels_last=config.channels_last)
+    test_loader = make_loader(test_set, eval_batch, config)
     test, log_probs = evaluate(model, test_loader, num_classes, precision=config.precision,
                                keep_outputs=True)
     _write_figures(run_dir, history, test, log_probs, test_set)
@@ -303,6 +327,6 @@ def _write_figures(run_dir: Path, history, test: Evaluation, log_probs, test_set
     preds = log_probs.argmax(1)
     wrong = (preds != test_set.labels).nonzero().flatten()[:8]
     shown = torch.cat([torch.arange(min(24, len(test_set))), wrong]).unique(sorted=False)[:32]
-    plot_predictions(test_set.images[shown], preds[shown], test_set.labels[shown],
+    plot_predictions(test_set.images_at(shown), preds[shown], test_set.labels[shown],
                      test_set.classes, run_dir / "predictions.png",
                      probs=log_probs[shown].exp().max(1).values)

@@ -41,3 +41,23 @@ def plot_learned_kernel(learned: torch.Tensor, target: torch.Tensor, losses: lis
     axes[2].set_ylabel("MSE to the classic response")
     return save_figure(fig, path, dpi=110)
 
+
+
+def plot_conv(image: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor, args, path) -> Path:
+    """Input, kernel (channel mean) and output of one convolution, with its settings."""
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 1.2, 3]})
+    _show(axes[0], image)
+    axes[0].set_title(f"input {tuple(image.shape)}", fontsize=9)
+    shown = kernel.mean(0)
+    axes[1].imshow(shown.numpy(), cmap="coolwarm")
+    for i in range(shown.shape[0]):
+        for j in range(shown.shape[1]):
+            axes[1].text(j, i, f"{float(shown[i, j]):.1f}", ha="center", va="center", fontsize=8)
+    axes[1].set_xticks([])
+    axes[1].set_yticks([])
+    axes[1].set_title(f"kernel {tuple(kernel.shape)}", fontsize=9)
+    _show(axes[2], out, cmap="gray")
+    axes[2].set_title(f"output {tuple(out.shape)}", fontsize=9)
+    fig.suptitle(f"{args.mode}, stride {args.stride}, padding {args.padding}, "
+                 f"dilation {args.dilation}", fontsize=10)
+    return save_figure(fig, path, dpi=110)
