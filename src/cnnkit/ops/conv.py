@@ -50,6 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+# Under autocast (bf16 training) the hand-written kernels compute in float32: their backward
+# multiplies saved tensors with incoming gradients, which must share one dtype.
+_FLOAT32_UNDER_AUTOCAST = torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+
 from cnnkit.utils import CnnkitError, suggest
 
 Pair = tuple[int, int]
@@ -155,6 +159,7 @@ def _windows(x: torch.Tensor, kernel: Pair, stride: Pair, dilation: Pair) -> tor
 
 class _Im2colConv2d(torch.autograd.Function):
     @staticmethod
+    @_FLOAT32_UNDER_AUTOCAST
     def forward(ctx, x, weight, bias, stride, pad, dilation, groups, flip):
         w = weight.flip(-2, -1) if flip else weight
         n, c, h, wd = x.shape
@@ -178,6 +183,7 @@ class _Im2colConv2d(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_out):
         cols, w_g = ctx.saved_tensors
         x_shape, xp_shape, w_shape, stride, pad, dilation, groups, flip, has_bias = ctx.conf
@@ -222,6 +228,7 @@ def _tap(u: int, v: int, out_hw: Pair, stride: Pair, dilation: Pair):
 
 class _DirectConv2d(torch.autograd.Function):
     @staticmethod
+    @_FLOAT32_UNDER_AUTOCAST
     def forward(ctx, x, weight, bias, stride, pad, dilation, groups, flip):
         w = weight.flip(-2, -1) if flip else weight
         n, c, h, wd = x.shape
@@ -245,6 +252,7 @@ class _DirectConv2d(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_out):
         xp_g, w_g = ctx.saved_tensors
         (n, c, h, wd), stride, pad, dilation, flip, has_bias = ctx.conf

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from cnnkit.ops.conv import _pair, conv2d, conv_output_size
+from cnnkit.ops.conv import _FLOAT32_UNDER_AUTOCAST, _pair, conv2d, conv_output_size
 from cnnkit.utils import CnnkitError
 
 
@@ -45,6 +45,7 @@ def _pool_args(x: torch.Tensor, kernel_size, stride, padding, what: str):
 
 class _MaxPool2d(torch.autograd.Function):
     @staticmethod
+    @_FLOAT32_UNDER_AUTOCAST
     def forward(ctx, x, kernel, stride, padding):
         (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
         n, c, h, w = x.shape
@@ -68,6 +69,7 @@ class _MaxPool2d(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_out):
         (winner,) = ctx.saved_tensors
         (n, c, h, w), (hp, wp), (ph, pw) = ctx.conf

@@ -20,6 +20,7 @@ def plot_edge_maps(image: torch.Tensor, maps: dict[str, torch.Tensor], kernel_na
         _show(ax, img, cmap=cmap)
         ax.set_title(title, fontsize=10)
     fig.suptitle(f"{kernel_name} kernels", fontsize=11)
+    fig.tight_layout()
     return save_figure(fig, path, dpi=110)
 
 
