@@ -11,11 +11,14 @@ from torch import nn
 
 @dataclass
 class Evaluation:
+    """Metrics of one pass. For sequence targets (labels (N, T)) a sample counts as correct only
+    when every token is; loss, top-5 and the confusion matrix are per token."""
     loss: float
     top1: float
     top5: float
     confusion: torch.Tensor  # (K, K) int64, rows = true class, columns = predicted
     count: int
+    token_acc: float = float("nan")  # top-1 per token (equals top1 for plain classification)
 
     @property
     def precision(self) -> torch.Tensor:
@@ -42,7 +45,9 @@ class Evaluation:
 
 
 def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a.double() / b.double().clamp(min=1)
+    """a / b, and 0 where b is 0 (a class never predicted or never present), as sklearn does."""
+    a, b = a.double(), b.double()
+    return torch.where(b > 0, a / torch.where(b > 0, b, 1.0), 0.0)
 
 
 def autocast(precision: str):
@@ -50,12 +55,22 @@ def autocast(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
+def token_loss(logits: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Cross-entropy of logits (B, K) with labels (B,), or per token of (B, T, K) with (B, T)."""
+    return F.cross_entropy(logits.flatten(0, -2), y.flatten(), **kwargs)
+
+
+def exact_matches(logits: torch.Tensor, y: torch.Tensor) -> int:
+    """Samples whose every token is predicted right (for plain labels: the correct ones)."""
+    return (logits.argmax(-1) == y).view(len(y), -1).all(1).sum().item()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, *, precision: str = "fp32",
              keep_outputs: bool = False) -> tuple[Evaluation, torch.Tensor | None]:
     """Run `model` over `loader`; return the metrics (and the log-probabilities if asked)."""
     model.eval()
-    loss_sum, top1, top5, count = 0.0, 0, 0, 0
+    loss_sum, exact, top1, top5, count, tokens = 0.0, 0, 0, 0, 0, 0
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64)
     outputs = []
     k = min(5, num_classes)
@@ -63,15 +78,18 @@ def evaluate(model: nn.Module, loader, num_classes: int, *, precision: str = "fp
         with autocast(precision):
             logits = model(x)
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        topk = logits.topk(k, dim=1).indices  # (B, k)
-        top1 += (topk[:, 0] == y).sum().item()
-        top5 += (topk == y[:, None]).any(1).sum().item()
-        confusion += torch.bincount(y * num_classes + topk[:, 0], minlength=num_classes ** 2)
-        count += len(y)
+        exact += exact_matches(logits, y)
+        flat_logits, flat_y = logits.flatten(0, -2), y.flatten()  # (B·T, K), (B·T,)
+        loss_sum += F.cross_entropy(flat_logits, flat_y, reduction="sum").item()
+        topk = flat_logits.topk(k, dim=1).indices  # (B·T, k)
+        top1 += (topk[:, 0] == flat_y).sum().item()
+        top5 += (topk == flat_y[:, None]).any(1).sum().item()
+        confusion += torch.bincount(flat_y * num_classes + topk[:, 0], minlength=num_classes ** 2)
+        count, tokens = count + len(y), tokens + len(flat_y)
         if keep_outputs:
-            outputs.append(logits.log_softmax(1))
-    evaluation = Evaluation(loss=loss_sum / max(1, count), top1=top1 / max(1, count),
-                            top5=top5 / max(1, count),
-                            confusion=confusion.view(num_classes, num_classes), count=count)
+            outputs.append(logits.log_softmax(-1))
+    evaluation = Evaluation(loss=loss_sum / max(1, tokens), top1=exact / max(1, count),
+                            top5=top5 / max(1, tokens),
+                            confusion=confusion.view(num_classes, num_classes), count=count,
+                            token_acc=top1 / max(1, tokens))
     return evaluation, (torch.cat(outputs) if keep_outputs else None)

@@ -17,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 
@@ -26,7 +25,7 @@ from cnnkit.data import (ArrayDataset, BatchAugment, ImageFolderDataset, InMemor
 from cnnkit.models import create_model, get_model_cfg
 from cnnkit.train.checkpoint import load_checkpoint, save_checkpoint
 from cnnkit.train.config import TrainConfig
-from cnnkit.train.metrics import Evaluation, autocast, evaluate
+from cnnkit.train.metrics import Evaluation, autocast, evaluate, exact_matches, token_loss
 from cnnkit.train.schedules import lr_at
 from cnnkit.utils import CnnkitError, atomic_write_text
 
@@ -209,7 +208,7 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
                 group["lr"] = lr
             with autocast(config.precision):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            loss = token_loss(logits.float(), y, label_smoothing=config.label_smoothing)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 bar.close()
@@ -225,7 +224,7 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
             optimizer.step()
             step += 1
             loss_sum += loss_value * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            correct += exact_matches(logits, y)
             seen += len(y)
             bar.update(1)
             if step % 10 == 0:
@@ -324,9 +323,20 @@ def _write_figures(run_dir: Path, history, test: Evaluation, log_probs, test_set
     from cnnkit.viz import plot_confusion, plot_curves, plot_predictions  # noqa: PLC0415
     plot_curves(history, run_dir / "curves.png")
     plot_confusion(test.confusion, test_set.classes, run_dir / "confusion.png")
-    preds = log_probs.argmax(1)
-    wrong = (preds != test_set.labels).nonzero().flatten()[:8]
+    preds = log_probs.argmax(-1)  # (N,) or, for sequences, (N, T)
+    wrong = (preds != test_set.labels).view(len(preds), -1).any(1).nonzero().flatten()[:8]
     shown = torch.cat([torch.arange(min(24, len(test_set))), wrong]).unique(sorted=False)[:32]
-    plot_predictions(test_set.images_at(shown), preds[shown], test_set.labels[shown],
-                     test_set.classes, run_dir / "predictions.png",
-                     probs=log_probs[shown].exp().max(1).values)
+    confidence = log_probs[shown].exp().amax(-1).view(len(shown), -1).prod(1)  # (n,)
+    names, pred_idx, true_idx = test_set.classes, preds[shown], test_set.labels[shown]
+    if preds.dim() == 2:  # sequences: title each image with its whole predicted/true sequence
+        names, (pred_idx, true_idx) = _sequence_names(test_set.classes, pred_idx, true_idx)
+    plot_predictions(test_set.images_at(shown), pred_idx, true_idx, names,
+                     run_dir / "predictions.png", probs=confidence)
+
+
+def _sequence_names(classes: list[str], *sequences: torch.Tensor):
+    """Token sequences (n, T) → one name per distinct sequence and indices into those names."""
+    texts = [["".join(classes[t] for t in row if classes[t] != "end") or "∅" for row in seq.tolist()]
+             for seq in sequences]
+    names = sorted({t for seq in texts for t in seq})
+    return names, [torch.tensor([names.index(t) for t in seq]) for seq in texts]
