@@ -38,6 +38,11 @@ def classifier_prefix(model: nn.Module) -> str:
     return last
 
 
+# Auxiliary classifiers that torchvision's GoogLeNet/Inception v3 files carry even though the
+# models are used (and counted) without them.
+AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+
+
 def load_weights(model: nn.Module, path: str | Path, model_name: str) -> None:
     """Load a cnnkit checkpoint or a plain (torchvision/timm-layout) state_dict strictly.
 
@@ -51,6 +56,11 @@ def load_weights(model: nn.Module, path: str | Path, model_name: str) -> None:
             raise CnnkitError(f"{path} holds a '{other}' checkpoint, not '{model_name}'")
         state = ckpt["model"]
     own = model.state_dict()
+    aux = [k for k in state if k.startswith(AUX_PREFIXES) and k not in own]
+    if aux:
+        log.warning("dropped %d auxiliary-classifier entries of %s (the model has no aux heads; "
+                    "build it with aux_logits=True to keep them)", len(aux), path)
+        state = {k: v for k, v in state.items() if k not in aux}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:

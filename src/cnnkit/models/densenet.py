@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from cnnkit.layers.init import init_cnn_
 from cnnkit.models._registry import register_model
 
 
@@ -143,14 +144,7 @@ class DenseNet(nn.Module):
 
         # torchvision's "official init from torch repo": kaiming_normal_ (fan_in, ReLU gain) for
         # convs, BN to identity, zero Linear bias; the Linear weight keeps PyTorch's default.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_cnn_(self, conv_mode="fan_in", linear=lambda m: nn.init.zeros_(m.bias))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         # norm5 has no activation of its own in the reference layout; the ReLU belongs here

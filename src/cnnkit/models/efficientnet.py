@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from cnnkit.layers import ConvNormAct, DropPath, SqueezeExcitation, make_divisible
+from cnnkit.layers.init import init_cnn_
 from cnnkit.models._registry import register_model
 
 _TV_NAMES = ("0", "1", "2")  # torchvision's Conv2dNormActivation children, for checkpoint keys
@@ -72,6 +73,12 @@ class MBConv(nn.Module):
         return self.stochastic_depth(out) + x if self.use_res_connect else out
 
 
+def _init_dense(m: nn.Linear) -> None:
+    bound = 1.0 / math.sqrt(m.out_features)
+    nn.init.uniform_(m.weight, -bound, bound)
+    nn.init.zeros_(m.bias)
+
+
 class EfficientNet(nn.Module):
     """Stem 3×3 conv → 7 stages of MBConv → 1×1 conv (4× last width) → pool → dropout → fc.
 
@@ -112,18 +119,7 @@ class EfficientNet(nn.Module):
 
         # torchvision's EfficientNet init: kaiming_normal fan_out convs (zero bias), BN identity,
         # Linear uniform in ±1/sqrt(out_features) (the TF reference's dense initializer)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                bound = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -bound, bound)
-                nn.init.zeros_(m.bias)
+        init_cnn_(self, linear=_init_dense)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (N, num_features, H/32, W/32); H/8 with small_input

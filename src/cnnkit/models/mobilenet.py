@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from cnnkit.layers import ConvNormAct, SqueezeExcitation, make_divisible
+from cnnkit.layers.init import init_cnn_, normal_linear
 from cnnkit.models._registry import register_model
 
 _TV_NAMES = ("0", "1", "2")  # torchvision's Conv2dNormActivation children, for checkpoint keys
@@ -72,17 +73,7 @@ def _small_input_strides(strides: list[int], small_input: bool) -> tuple[int, li
 
 def _init_weights(model: nn.Module) -> None:
     # torchvision's MobileNet init: kaiming_normal fan_out convs, BN identity, N(0, 0.01) Linear
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
+    init_cnn_(model, linear=normal_linear(0.01))
 
 
 # --- blocks ---

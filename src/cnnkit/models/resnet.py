@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from cnnkit.layers import ConvNormAct
+from cnnkit.layers.init import init_cnn_
 from cnnkit.models._registry import register_model
 from cnnkit.utils import CnnkitError
 
@@ -128,12 +129,7 @@ class ResNet(nn.Module):
     def _init_weights(self, zero_init_residual: bool) -> None:
         # torchvision's scheme: He-normal with fan_out for convs (He et al. 2015,
         # https://arxiv.org/abs/1502.01852), BN at identity; fc keeps PyTorch's default init.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_cnn_(self)
         if zero_init_residual:  # every block then starts as the identity: +0.2-0.3 % (Goyal et al.)
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):

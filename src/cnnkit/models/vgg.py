@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cnnkit.layers import ConvNormAct
+from cnnkit.layers.init import init_cnn_, normal_linear
 from cnnkit.models._registry import register_model
 
 # Table 1 of the paper: output channels of each 3×3 conv, "M" for a 2×2 max-pool
@@ -70,16 +71,7 @@ class VGG(nn.Module):
     def _init_weights(self) -> None:
         # torchvision's scheme: He-normal (fan_out) convs with zero bias, BN at identity,
         # N(0, 0.01²) fully connected layers with zero bias.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_cnn_(self, linear=normal_linear(0.01))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (N, 512, H/32, W/32); H/16, W/16 if small
