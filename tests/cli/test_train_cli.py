@@ -62,6 +62,12 @@ def test_predict_any_image_mode(trained_run, tmp_path):
 def test_models_summary_datasets():
     proc = cnnkit("models", "le*")
     assert proc.returncode == 0 and "lenet" in proc.stdout and "431,080" in proc.stdout
+    proc = cnnkit("models")  # every registered model, counted without allocating weights
+    assert proc.returncode == 0, proc.stderr
+    listed = {line.split()[0] for line in proc.stdout.splitlines()[1:]}
+    from cnnkit.models import list_models
+    assert listed == set(list_models())
+    assert "86,540,040" in proc.stdout and "25,557,032" in proc.stdout  # convit_base, resnet50
     proc = cnnkit("summary", "lenet")
     assert proc.returncode == 0 and "431,080" in proc.stdout and "Mult-Adds" in proc.stdout
     proc = cnnkit("datasets")

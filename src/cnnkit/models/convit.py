@@ -148,7 +148,7 @@ class ConViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, embed_dim))  # patches only
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth decay rule
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # stochastic depth decay rule
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, grid, use_gpsa=i < local_up_to_layer, mlp_ratio=mlp_ratio,
                   drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=rates[i],
