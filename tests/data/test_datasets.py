@@ -17,7 +17,7 @@ from cnnkit.utils import CnnkitError
 
 def test_table_of_data_sets():
     assert list_datasets() == ["cifar10", "digits", "fashion-mnist", "imagefolder", "kmnist",
-                               "mnist"]
+                               "mnist", "mnist-seq"]
     for name in list_datasets():
         info = get_dataset_info(name)
         assert info.name == name and info.description and info.source

@@ -19,6 +19,14 @@ COMMANDS = {
     "conv": ("conv_cmd", "convolve an image with cnnkit's own conv2d (stride, padding, dilation)"),
     "edges": ("edges_cmd", "edge detection with classic kernels, or learn one (--learn)"),
     "visualize": ("visualize_cmd", "kernels, feature maps, saliency/Grad-CAM, receptive fields"),
+    "experiment": ("experiment_cmd", "multi-seed experiments: `experiment schemes` (layer order)"),
+    "benchmark": ("benchmark_cmd", "inference images/s: fp32, channels-last, bf16, compiled"),
+    "export": ("export_cmd", "export a checkpoint to ONNX or TorchScript, checked against PyTorch"),
+    "diffusion": ("diffusion_cmd", "DDPM: `diffusion train` on a data set, "
+                  "`diffusion sample CHECKPOINT`"),
+    "gan": ("gan_cmd", "DCGAN: `gan train` on a data set, `gan sample CHECKPOINT`"),
+    "generate-eval": ("generate_eval_cmd", "judge generated samples: FID vs the real floor, "
+                      "conditional accuracy"),
 }
 
 

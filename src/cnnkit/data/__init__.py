@@ -9,7 +9,8 @@ from cnnkit.data.datasets import (DEFAULT_DATA_DIR, DatasetInfo, get_dataset_inf
                                   load_dataset)
 from cnnkit.data.imagefolder import ImageFolderDataset
 from cnnkit.data.loader import InMemoryLoader, StreamingLoader
+from cnnkit.data.mnist_seq import build_mnist_seq
 
 __all__ = ["ArrayDataset", "DatasetInfo", "list_datasets", "get_dataset_info", "load_dataset",
            "InMemoryLoader", "BatchAugment", "StreamingLoader", "ImageFolderDataset",
-           "DEFAULT_DATA_DIR"]
+           "DEFAULT_DATA_DIR", "build_mnist_seq"]

@@ -1,6 +1,7 @@
 """`ArrayDataset`, a data set decoded once into a uint8 tensor, and the helpers that make one.
 
-Every loader in cnnkit.data ends here: images as uint8 (N, C, H, W), labels as int64 (N,). Keeping
+Every loader in cnnkit.data ends here: images as uint8 (N, C, H, W), labels as int64 (N,) (or
+(N, T) for a sequence of T tokens per image, as in mnist-seq). Keeping
 uint8 in memory costs 4× less than float32; the batch pipeline converts each batch on the fly.
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ _CHUNK = 2048  # images converted per step, so a 50,000-image resize never holds
 class ArrayDataset:
     """A data set decoded once into memory.
 
-    images: uint8 (N, C, H, W), contiguous; labels: int64 (N,); classes[label] is the class name.
+    images: uint8 (N, C, H, W), contiguous; labels: int64 (N,), or (N, T) when each image is read
+    as a sequence of T tokens; classes[label] is the class name.
     mean/std: per-channel statistics on the 0..1 scale, used by the loaders to normalise.
     hflip_ok: a horizontal flip preserves the label (photos yes; digits and characters no).
     """
@@ -39,8 +41,8 @@ class ArrayDataset:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
                              f"{tuple(self.images.shape)}")
-        if self.labels.dim() != 1 or len(self.labels) != len(self.images):
-            raise ValueError(f"labels must be (N,) with N = {len(self.images)}, got "
+        if self.labels.dim() not in (1, 2) or len(self.labels) != len(self.images):
+            raise ValueError(f"labels must be (N,) or (N, T) with N = {len(self.images)}, got "
                              f"{tuple(self.labels.shape)}")
         channels = self.images.shape[1]
         if len(self.mean) != channels or len(self.std) != channels:
@@ -60,7 +62,8 @@ class ArrayDataset:
         return replace(self, images=self.images[index].contiguous(), labels=self.labels[index])
 
     def class_counts(self) -> list[int]:
-        return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+        """How often each class occurs: per image, or per token for sequence labels."""
+        return torch.bincount(self.labels.flatten(), minlength=len(self.classes)).tolist()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

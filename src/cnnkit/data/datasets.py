@@ -16,6 +16,7 @@ from cnnkit.data.array_dataset import ArrayDataset, channel_stats, convert_datas
 from cnnkit.data.download import fetch, require_file, resolve_url
 from cnnkit.data.formats import read_cifar10, read_idx, read_idx_pair
 from cnnkit.data.imagefolder import load_imagefolder
+from cnnkit.data.mnist_seq import DIGIT_SIZE, build_mnist_seq
 from cnnkit.utils import CnnkitError, suggest
 
 DEFAULT_DATA_DIR = Path("~/.cache/cnnkit").expanduser()
@@ -58,6 +59,10 @@ _INFOS = {info.name: info for info in [
                 "http://codh.rois.ac.jp/kmnist/dataset/kmnist/"),
     DatasetInfo("mnist", "28×28 handwritten digits (LeCun et al. 1998)", 10, 1, 28, 60_000,
                 10_000, False, "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+    DatasetInfo("mnist-seq", "3–5 MNIST digits side by side on a 28×140 canvas, read as a "
+                "sequence: labels (N, 5), the digits then 10 = end; built on the fly (seeded per "
+                "split) from mnist's files", 11, 1, DIGIT_SIZE, 60_000, 10_000, False,
+                "mnist's four files in data_dir/mnist (fetched as for mnist when missing)"),
 ]}
 
 # The four IDX files of each MNIST-like set with their published MD5s (the ones torchvision's
@@ -136,6 +141,14 @@ def load_dataset(name: str, split: str = "train", *, data_dir: str | Path = DEFA
         return load_imagefolder(data_dir, split, image_size=image_size, channels=channels or 3,
                                 hflip_ok=info.hflip_ok, quiet=quiet)
     fetch_options = dict(data_dir=data_dir, mirror=mirror, download=download, quiet=quiet)
+    if name == "mnist-seq":  # mnist's own verified files, same folder: nothing new to download
+        # A square resize would squash the sequence; 28 (the canvas height, what `cnnkit eval`
+        # passes from a checkpoint's image shape) means "native".
+        if image_size not in (None, DIGIT_SIZE):
+            raise CnnkitError(f"mnist-seq images are 28×140 and cannot be resized to "
+                              f"{image_size}×{image_size}; leave --image-size unset")
+        digits, digit_labels = read_idx_pair(*_obtain_idx("mnist", split, **fetch_options))
+        return convert_dataset(build_mnist_seq(digits, digit_labels, split), None, channels)
     if name == "digits":
         images, labels = _digits_split(split)
         classes = _CLASSES[name]

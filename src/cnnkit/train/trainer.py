@@ -81,6 +81,8 @@ def load_data(config: TrainConfig) -> tuple[Dataset, Dataset | None, Dataset, di
                        channels=channels, quiet=config.quiet)
         train_full = load_dataset(config.dataset, "train", **options)
         test = load_dataset(config.dataset, "test", **options)
+    if config.train_limit:
+        train_full = train_full.subset(torch.arange(min(config.train_limit, len(train_full))))
     # Seeded split: the same seed always holds out the same images.
     order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(config.seed))
     n_val = int(round(config.val_fraction * len(train_full)))
@@ -199,7 +201,7 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
         model.train()
         train_loader.set_epoch(epoch)
         loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
-        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{epochs}", config.quiet)
+        bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{epochs}", config.quiet)
         for x, y in train_loader:
             lr = lr_at(step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                        lr=config.lr, schedule=config.schedule, warmup_epochs=config.warmup_epochs,
@@ -263,7 +265,7 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
     test_loader = make_loader(test_set, eval_batch, config)
     test, log_probs = evaluate(model, test_loader, num_classes, precision=config.precision,
                                keep_outputs=True)
-    _write_figures(run_dir, history, test, log_probs, test_set)
+    _write_figures(run_dir, history, test, log_probs, test_set, model, config)
     log(f"test, weights of {chosen} (epoch {final['epoch'] + 1}): loss {test.loss:.4f}  "
         f"top-1 {test.top1:.4f}  top-5 {test.top5:.4f}  ({test.count} images)")
     return TrainResult(run_dir, history, test, train_set.classes, train_seconds)
@@ -281,7 +283,7 @@ def _update_best(best: dict, row: dict, monitor: str, epoch: int) -> bool:
     return False
 
 
-def _progress(total: int, desc: str, quiet: bool):
+def progress_bar(total: int, desc: str, quiet: bool):
     from tqdm import tqdm  # noqa: PLC0415
     return tqdm(total=total, desc=desc, leave=False, disable=quiet or not sys.stderr.isatty(),
                 dynamic_ncols=True)
@@ -319,7 +321,8 @@ def _write_metrics(run_dir: Path, history: list[dict], writer) -> None:
     writer.flush()
 
 
-def _write_figures(run_dir: Path, history, test: Evaluation, log_probs, test_set) -> None:
+def _write_figures(run_dir: Path, history, test: Evaluation, log_probs, test_set, model,
+                   config: TrainConfig) -> None:
     from cnnkit.viz import plot_confusion, plot_curves, plot_predictions  # noqa: PLC0415
     plot_curves(history, run_dir / "curves.png")
     plot_confusion(test.confusion, test_set.classes, run_dir / "confusion.png")
@@ -332,6 +335,18 @@ def _write_figures(run_dir: Path, history, test: Evaluation, log_probs, test_set
         names, (pred_idx, true_idx) = _sequence_names(test_set.classes, pred_idx, true_idx)
     plot_predictions(test_set.images_at(shown), pred_idx, true_idx, names,
                      run_dir / "predictions.png", probs=confidence)
+    if hasattr(model, "last_attention"):  # soft attention: where each output step looked
+        _plot_attention(model, test_set, shown[:6], config, run_dir / "attention.png")
+
+
+def _plot_attention(model, test_set, index: torch.Tensor, config: TrainConfig, path: Path) -> None:
+    from cnnkit.viz.attention import plot_attention  # noqa: PLC0415
+    loader = make_loader(test_set.subset(index), len(index), config)
+    x, y = next(iter(loader))
+    with torch.no_grad():
+        preds = model.eval()(x).argmax(-1)
+    plot_attention(test_set.images_at(index), model.last_attention, preds, y, test_set.classes,
+                   path)
 
 
 def _sequence_names(classes: list[str], *sequences: torch.Tensor):

@@ -1,0 +1,106 @@
+"""`cnnkit benchmark --model NAME`: images/s of each CPU inference mode, and its top-1 agreement
+with eager fp32 on real images."""
+from pathlib import Path
+
+import torch
+
+from cnnkit.cli._args import parse_kv
+from cnnkit.cli.eval_cmd import resolve_checkpoint
+from cnnkit.models import count_parameters, create_model, get_model_cfg
+from cnnkit.train.checkpoint import load_checkpoint, model_from_checkpoint
+from cnnkit.train.inference import (CIFAR10_TEST_ZIP, MODES, agreement, checkpoint_test_images,
+                                    compare_modes, format_table, photo_images)
+from cnnkit.utils import CnnkitError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", help="registered model name (random weights)")
+    parser.add_argument("--checkpoint", help="a trained checkpoint or run folder instead of "
+                                             "--model: agreement is then checked on its test set")
+    parser.add_argument("--model-args", type=parse_kv, default={}, metavar="K=V,...",
+                        help="builder keywords for --model, e.g. small_input=true,num_classes=10")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"),
+                        help="input shape (default: the checkpoint's, else the model's)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--iters", type=int, default=9,
+                        help="timed passes per mode, spread over --rounds alternating rounds")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed passes per mode")
+    parser.add_argument("--images", type=int, default=64,
+                        help="real images for the top-1 agreement check (0: skip it)")
+    parser.add_argument("--photos", type=Path, default=CIFAR10_TEST_ZIP,
+                        help="zip or folder of photos for the agreement check of --model "
+                             "(default: the CIFAR-10 test set in ../shared/datasets)")
+
+
+def _build(args) -> tuple[torch.nn.Module, str, tuple[int, int, int], dict | None]:
+    """(model, its name, input size (C, H, W), the checkpoint or None)."""
+    if args.checkpoint:
+        ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
+        if args.model and args.model != ckpt["model_name"]:
+            raise CnnkitError(f"--model {args.model} but the checkpoint holds "
+                              f"{ckpt['model_name']}; give only one of them")
+        size = tuple(args.input_size or ckpt["image_size"])
+        if size != tuple(ckpt["image_size"]):
+            raise CnnkitError(f"the checkpoint was trained on {tuple(ckpt['image_size'])} inputs; "
+                              f"drop --input-size {' '.join(map(str, size))}")
+        return model_from_checkpoint(ckpt), ckpt["model_name"], size, ckpt
+    if not args.model:
+        raise CnnkitError("give --model NAME (random weights) or --checkpoint PATH")
+    cfg = get_model_cfg(args.model)
+    size = tuple(args.input_size or cfg["input_size"])
+    kwargs = dict(args.model_args)
+    kwargs.setdefault("in_chans", size[0])
+    if cfg["fixed_input_size"]:
+        kwargs.setdefault("img_size", size[1])
+    torch.manual_seed(0)
+    return create_model(args.model, **kwargs).eval(), args.model, size, None
+
+
+def run(args) -> int:
+    for flag in ("batch_size", "iters", "rounds"):
+        if getattr(args, flag) < 1:
+            raise CnnkitError(f"--{flag.replace('_', '-')} must be ≥ 1, got {getattr(args, flag)}")
+    if min(args.input_size or (1,)) < 1:
+        raise CnnkitError(f"--input-size must be positive, got {tuple(args.input_size)}")
+    model, name, size, ckpt = _build(args)
+    if args.images > 0:
+        found = (checkpoint_test_images(ckpt, args.images) if ckpt is not None
+                 else photo_images(args.images, *size, source=args.photos))
+    else:
+        found = None
+    # The timed batch: real images where there are enough, else random ones (speed does not
+    # depend on pixel values for these models).
+    if found is not None and len(found[0]) >= args.batch_size:
+        batch = found[0][:args.batch_size].contiguous()
+    else:
+        batch = torch.randn(args.batch_size, *size, generator=torch.Generator().manual_seed(0))
+    try:
+        model(batch[:1])
+    except RuntimeError as exc:  # e.g. an input too small for the architecture
+        raise CnnkitError(f"{name} cannot run on input {size}: "
+                          f"{str(exc).splitlines()[0]}") from None
+
+    weights = "trained weights" if ckpt is not None else "random weights"
+    print(f"{name} ({weights}, {count_parameters(model):,} parameters) | batch {args.batch_size} "
+          f"× {size[0]}×{size[1]}×{size[2]} | torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads | median of {args.rounds}×"
+          f"{-(-args.iters // args.rounds)} alternating passes")
+    results = compare_modes(model, batch, args.modes, rounds=args.rounds,
+                            iters=-(-args.iters // args.rounds), warmup=args.warmup)
+    agreements = {}
+    if found is not None:
+        images, what = found
+        for r in results:
+            if r.runner is not None:
+                agreements[r.mode] = agreement(model, r.runner, images,
+                                               batch_size=args.batch_size)
+        note = ("" if ckpt is not None else "; random weights give near-flat logits, so this "
+                "is a weak signal — check a trained checkpoint with --checkpoint")
+        print(f"top-1 agreement with fp32 on {what}{note}")
+    elif args.images > 0:
+        print("top-1 agreement not checked: no real images found (give --photos, or a "
+              "checkpoint whose data set is on disk)")
+    print(format_table(results, agreements))
+    return 0

@@ -1,0 +1,88 @@
+"""`cnnkit diffusion train|sample` end to end on the embedded digits (28×28), with a tiny U-Net."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnkit.diffusion.train import DiffusionConfig, train_diffusion
+from cnnkit.train.checkpoint import load_checkpoint
+from tests.cli._run import assert_one_line_error, cnnkit
+
+TINY = ["--base-channels", "8", "--channel-mults", "1,2", "--num-res-blocks", "1",
+        "--attention-resolutions", "14", "--sample-steps", "5", "--sample-n", "8"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    proc = cnnkit("diffusion", "train", "--dataset", "digits", "--epochs", "1", "--timesteps", "50",
+                  "--batch-size", "64", "--quiet", *TINY, "--out-dir", out, "--name", "tiny")
+    assert proc.returncode == 0, proc.stderr
+    return out / "tiny"
+
+
+def test_train_writes_the_run_folder(run_dir):
+    for name in ("config.yaml", "metrics.csv", "last.pt", "samples_epoch001.png"):
+        assert (run_dir / name).is_file(), name
+    lines = (run_dir / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,step,loss") and len(lines) == 2
+    ckpt = load_checkpoint(run_dir)
+    assert {"model", "ema", "optimizer", "rng", "epoch", "step", "config"} <= set(ckpt)
+    assert ckpt["step"] == 1437 // 64
+
+
+def test_sample_writes_a_non_blank_png(run_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    proc = cnnkit("diffusion", "sample", run_dir, "--n", "4", "--steps", "5", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    pixels = np.asarray(Image.open(out))
+    assert pixels.shape == (2 + 30, 2 + 4 * 30)  # 1 row of 4 tiles of 28 + padding 2
+    tiles = pixels[2:30, 2:30]
+    assert tiles.std() > 0  # not blank
+
+
+def test_resume_of_a_finished_run_is_a_no_op(run_dir):
+    before = (run_dir / "last.pt").read_bytes()
+    proc = cnnkit("diffusion", "train", "--resume", run_dir, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "finished" in proc.stdout
+    assert (run_dir / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--class", "3"], "class-conditional"),
+    (["--guidance", "2"], "class-conditional"),
+    (["--sampler", "ddpm", "--steps", "5"], "DDIM options"),
+    (["--steps", "51"], "1..50"),
+])
+def test_sample_errors_are_one_line(run_dir, tmp_path, args, fragment):
+    from cnnkit.cli.main import main  # in-process: each case costs no interpreter start
+    with pytest.raises(SystemExit) as exc:
+        main(["diffusion", "sample", str(run_dir), "-o", str(tmp_path / "g.png"), *args])
+    assert exc.value.code == 2
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path):
+    proc = cnnkit("diffusion", "sample", tmp_path / "nope", "-o", tmp_path / "g.png")
+    assert_one_line_error(proc, "checkpoint not found")
+
+
+def test_stopped_mid_epoch_run_resumes_exactly(tmp_path):
+    """Class-conditional, one epoch straight vs. stopped by --max-minutes after one step and
+    resumed: bit-identical weights, EMA, and the same epoch loss."""
+    common = dict(dataset="digits", epochs=1, timesteps=50, batch_size=256, class_conditional=True,
+                  base_channels=8, channel_mults="1,2", num_res_blocks=1,
+                  attention_resolutions="", sample_steps=2, sample_n=10, quiet=True,
+                  out_dir=str(tmp_path))
+    silent = dict(log=lambda *a: None)
+    straight = train_diffusion(DiffusionConfig(name="straight", **common), **silent)
+    stopped = train_diffusion(DiffusionConfig(name="stopped", max_minutes=1e-9, **common), **silent)
+    assert load_checkpoint(stopped)["step"] == 1  # stopped after its first step, mid-epoch
+    train_diffusion(DiffusionConfig(resume=str(stopped)), overrides={"max_minutes": 0.0}, **silent)
+    a, b = load_checkpoint(straight), load_checkpoint(stopped)
+    assert a["step"] == b["step"] == 1437 // 256
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+        assert torch.equal(a["ema"]["model"][key], b["ema"]["model"][key]), key
+    assert len(b["history"]) == 1
+    assert a["history"][0]["loss"] == b["history"][0]["loss"]  # over the whole epoch, both runs
