@@ -13,7 +13,6 @@ import io
 import math
 import time
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from cnnkit.diffusion.process import GaussianDiffusion
 from cnnkit.diffusion.samplers import ddim_sample
 from cnnkit.diffusion.schedules import SCHEDULES, beta_schedule
 from cnnkit.models import create_model
-from cnnkit.train.checkpoint import load_checkpoint, save_checkpoint
+from cnnkit.train.checkpoint import load_checkpoint, new_run_dir, save_checkpoint
 from cnnkit.train.config import config_field
 from cnnkit.train.metrics import autocast
 from cnnkit.train.trainer import TrainingDiverged, progress_bar
@@ -204,7 +203,7 @@ def train_diffusion(config: DiffusionConfig, *, overrides: dict | None = None, l
             log(f"resuming {run_dir} at step {step} (epoch {step // steps_per_epoch + 1}/"
                 f"{config.epochs})")
     else:
-        run_dir = _make_run_dir(config)
+        run_dir = new_run_dir(config.out_dir, config.name, f"ddpm-{config.dataset}")
         log(f"ddpm_unet: {sum(p.numel() for p in model.parameters()):,} parameters | "
             f"{config.dataset}: {len(train_set)} images | {config.epochs} epochs × "
             f"{steps_per_epoch} steps | T = {config.timesteps} ({config.schedule}) | run {run_dir}")
@@ -279,14 +278,6 @@ def train_diffusion(config: DiffusionConfig, *, overrides: dict | None = None, l
     return run_dir
 
 
-def _make_run_dir(config: DiffusionConfig) -> Path:
-    name = config.name or f"ddpm-{config.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(config.out_dir) / name
-    if (run_dir / "last.pt").exists():
-        raise CnnkitError(f"run folder {run_dir} already holds a run; continue it with "
-                          f"--resume {run_dir} or choose another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:

@@ -16,7 +16,6 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import yaml
 from cnnkit.data import InMemoryLoader, load_dataset
 from cnnkit.gan.dcgan import Discriminator, Generator, generate
 from cnnkit.models._weights import read_checkpoint
-from cnnkit.train.checkpoint import save_checkpoint
+from cnnkit.train.checkpoint import new_run_dir, save_checkpoint
 from cnnkit.train.config import config_field
 from cnnkit.utils import CnnkitError, atomic_write_text, suggest
 
@@ -179,7 +178,7 @@ def train_gan(config: GanConfig, *, log=print) -> GanResult:
         step_losses = {k: list(v) for k, v in ckpt["step_losses"].items()}
         log(f"resuming {run_dir} after epoch {start_epoch}/{config.epochs}")
     else:
-        run_dir = _make_run_dir(config)
+        run_dir = new_run_dir(config.out_dir, config.name, f"dcgan-{config.dataset}")
         log(f"DCGAN{' (class-conditional)' if config.class_conditional else ''}: G "
             f"{_count(generator):,} / D {_count(discriminator):,} parameters | {config.dataset}: "
             f"{len(data)} images {data.image_shape} | {config.epochs} epochs × {len(loader)} steps "
@@ -260,14 +259,6 @@ def _count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _make_run_dir(config: GanConfig) -> Path:
-    name = config.name or f"dcgan-{config.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(config.out_dir) / name
-    if (run_dir / "last.pt").exists():
-        raise CnnkitError(f"run folder {run_dir} already holds a run; continue it with "
-                          f"--resume {run_dir} or choose another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def progress_bar(total: int, desc: str, quiet: bool):

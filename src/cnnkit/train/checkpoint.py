@@ -5,6 +5,7 @@ model_kwargs, classes, mean, std, image_size, version.
 """
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -14,6 +15,16 @@ from cnnkit import __version__
 from cnnkit.models import create_model
 from cnnkit.models._weights import read_checkpoint
 from cnnkit.utils import CnnkitError, atomic_path
+
+
+def new_run_dir(out_dir: str | Path, name: str | None, prefix: str) -> Path:
+    """runs/<name>/ (default name: <prefix>-<time>), refusing a folder that already holds a run."""
+    run_dir = Path(out_dir) / (name or f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}")
+    if (run_dir / "last.pt").exists():
+        raise CnnkitError(f"run folder {run_dir} already holds a run; continue it with "
+                          f"--resume {run_dir} or choose another --name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

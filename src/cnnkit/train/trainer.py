@@ -13,7 +13,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from torch import nn
 from cnnkit.data import (ArrayDataset, BatchAugment, ImageFolderDataset, InMemoryLoader,
                          StreamingLoader, load_dataset)
 from cnnkit.models import create_model, get_model_cfg
-from cnnkit.train.checkpoint import load_checkpoint, save_checkpoint
+from cnnkit.train.checkpoint import load_checkpoint, new_run_dir, save_checkpoint
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.metrics import Evaluation, autocast, evaluate, exact_matches, token_loss
 from cnnkit.train.schedules import lr_at
@@ -120,14 +119,6 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
                 weight_decay=config.weight_decay)
 
 
-def make_run_dir(config: TrainConfig) -> Path:
-    name = config.name or f"{config.model}-{config.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(config.out_dir) / name
-    if (run_dir / "last.pt").exists():
-        raise CnnkitError(f"run folder {run_dir} already holds a run; continue it with "
-                          f"--resume {run_dir} or choose another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def resume_state(resume: str) -> tuple[TrainConfig, Path, dict]:
@@ -176,7 +167,7 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
         history, best = list(ckpt["history"]), dict(ckpt["best"])
         log(f"resuming {run_dir} after epoch {ckpt['epoch'] + 1}/{epochs}")
     else:
-        run_dir = make_run_dir(config)
+        run_dir = new_run_dir(config.out_dir, config.name, f"{config.model}-{config.dataset}")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     writer = _tensorboard(run_dir, purge_step=start_epoch + 1)
 
