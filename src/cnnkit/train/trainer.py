@@ -257,8 +257,12 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
     test, log_probs = evaluate(model, test_loader, num_classes, precision=config.precision,
                                keep_outputs=True)
     _write_figures(run_dir, history, test, log_probs, test_set, model, config)
+    if test_set.labels.dim() == 2:  # sequences: whole-sequence and per-token accuracy
+        scores = f"sequence accuracy {test.top1:.4f}  token accuracy {test.token_acc:.4f}"
+    else:
+        scores = f"top-1 {test.top1:.4f}  top-5 {test.top5:.4f}"
     log(f"test, weights of {chosen} (epoch {final['epoch'] + 1}): loss {test.loss:.4f}  "
-        f"top-1 {test.top1:.4f}  top-5 {test.top5:.4f}  ({test.count} images)")
+        f"{scores}  ({test.count} images)")
     return TrainResult(run_dir, history, test, train_set.classes, train_seconds)
 
 
