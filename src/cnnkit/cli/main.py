@@ -11,6 +11,8 @@ from cnnkit.utils import CnnkitError
 # subcommand → module in cnnkit.cli defining `add_arguments(parser)` and `run(args)`
 COMMANDS = {
     "train": ("train_cmd", "train a model (flags generated from the training config)"),
+    "lr-find": ("lr_find_cmd", "learning-rate range test (Smith 2017): loss vs lr, plotted, "
+                "with a suggestion"),
     "eval": ("eval_cmd", "evaluate a checkpoint on a data set"),
     "predict": ("predict_cmd", "top-k classes of image files"),
     "models": ("models_cmd", "list registered models"),

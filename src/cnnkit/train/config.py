@@ -48,7 +48,7 @@ class TrainConfig:
     val_fraction: float = config_field(0.1, "fraction of the training set held out for validation (seeded)")
     # --- optimisation ---
     epochs: int | None = config_field(None, "epochs (default: the data set's recipe)")
-    batch_size: int | None = config_field(None, "images per optimisation step (default: the data set's recipe)")
+    batch_size: int | None = config_field(None, "images per step and process: the global batch is world_size × this (default: recipe)")
     optimizer: str = config_field("adam", "optimizer", ("sgd", "adam", "adamw"))
     lr: float = config_field(3e-3, "peak learning rate")
     momentum: float = config_field(0.9, "SGD momentum (Adam: beta1)")
@@ -60,6 +60,9 @@ class TrainConfig:
     gamma: float = config_field(0.1, "step schedule: decay factor")
     label_smoothing: float = config_field(0.0, "label smoothing of the cross-entropy loss")
     grad_clip: float = config_field(0.0, "clip the gradient norm to this value (0: off)")
+    accumulate: int = config_field(1, "batches per optimiser step (gradient accumulation): the step's batch is N × batch size")
+    max_epochs: int | None = config_field(None, "stop after this many epochs in all, with a checkpoint; the schedule keeps --epochs; --resume continues")
+    max_time: float | None = config_field(None, "stop after this many minutes of training (at a step boundary, with a checkpoint); --resume continues")
     early_stop: int = config_field(0, "stop after this many epochs without improvement of `monitor` (0: off)")
     monitor: str = config_field("val_acc", "metric for best.pt and early stopping", ("val_acc", "val_loss"))
     # --- augmentation (whole-batch tensor ops) ---
@@ -73,6 +76,7 @@ class TrainConfig:
     threads: int = config_field(0, "torch threads (0: torch's default)")
     seed: int = config_field(0, "seed for initialisation, split, shuffling and augmentation")
     deterministic: bool = config_field(False, "deterministic algorithms only: bit-identical reruns")
+    sync_bn: bool = config_field(False, "distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm)")
     # --- output ---
     out_dir: str = config_field("runs", "where run folders are created")
     name: str | None = config_field(None, "run folder name (default: <model>-<dataset>-<time>)")
@@ -101,6 +105,13 @@ class TrainConfig:
             raise CnnkitError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.train_limit is not None and self.train_limit < 2:
             raise CnnkitError(f"--train-limit must be at least 2 images, got {self.train_limit}")
+        if self.accumulate < 1:
+            raise CnnkitError(f"--accumulate must be at least 1, got {self.accumulate}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise CnnkitError(f"--max-epochs must be at least 1, got {self.max_epochs}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise CnnkitError(f"--max-time must be a positive number of minutes, got "
+                              f"{self.max_time}")
         if self.early_stop and self.val_fraction == 0:
             raise CnnkitError("--early-stop needs a validation split (--val-fraction > 0)")
         return self

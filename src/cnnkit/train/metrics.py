@@ -67,8 +67,13 @@ def exact_matches(logits: torch.Tensor, y: torch.Tensor) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, *, precision: str = "fp32",
-             keep_outputs: bool = False) -> tuple[Evaluation, torch.Tensor | None]:
-    """Run `model` over `loader`; return the metrics (and the log-probabilities if asked)."""
+             keep_outputs: bool = False, reduce_sum=None) -> tuple[Evaluation, torch.Tensor | None]:
+    """Run `model` over `loader`; return the metrics (and the log-probabilities if asked).
+
+    `reduce_sum` (a tensor → summed-over-ranks tensor function) makes the metrics those of the
+    union of every rank's loader: the sums and the confusion matrix are reduced, never the
+    ratios, so shards of unequal size weigh right. The log-probabilities stay this rank's own.
+    """
     model.eval()
     loss_sum, exact, top1, top5, count, tokens = 0.0, 0, 0, 0, 0, 0
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64)
@@ -88,6 +93,12 @@ def evaluate(model: nn.Module, loader, num_classes: int, *, precision: str = "fp
         count, tokens = count + len(y), tokens + len(flat_y)
         if keep_outputs:
             outputs.append(logits.log_softmax(-1))
+    if reduce_sum is not None:
+        totals = reduce_sum(torch.tensor([loss_sum, exact, top1, top5, count, tokens],
+                                         dtype=torch.float64))
+        loss_sum = totals[0].item()
+        exact, top1, top5, count, tokens = (int(v) for v in totals[1:].tolist())
+        confusion = reduce_sum(confusion)
     evaluation = Evaluation(loss=loss_sum / max(1, tokens), top1=exact / max(1, count),
                             top5=top5 / max(1, tokens),
                             confusion=confusion.view(num_classes, num_classes), count=count,

@@ -4,6 +4,9 @@ Data (decoded once into memory) → model → optimiser with a pure-function lea
 epochs of whole-batch steps → validation → checkpoints, metrics, plots → test evaluation.
 A run killed at any point resumes exactly from its last epoch checkpoint: the data order and the
 augmentation depend only on (seed, epoch), and the RNG state is saved with the weights.
+Launched by torchrun, the same function trains DistributedDataParallel (see distributed.py):
+each rank steps on batch_size images of its shard, metrics are summed over ranks, and only
+rank 0 prints and writes files.
 """
 from __future__ import annotations
 
@@ -12,22 +15,30 @@ import io
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import torch
 import yaml
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from cnnkit.data import (ArrayDataset, BatchAugment, ImageFolderDataset, InMemoryLoader,
                          StreamingLoader, load_dataset)
 from cnnkit.models import create_model, get_model_cfg
 from cnnkit.train.checkpoint import load_checkpoint, new_run_dir, save_checkpoint
 from cnnkit.train.config import TrainConfig
+from cnnkit.train.distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier,
+                                      gather_shards, on_main, setup, shard, sync_batchnorm,
+                                      teardown)
 from cnnkit.train.metrics import Evaluation, autocast, evaluate, exact_matches, token_loss
 from cnnkit.train.schedules import lr_at
 from cnnkit.utils import CnnkitError, atomic_write_text
 
+RESUME_OVERRIDES = ("quiet", "max_time", "max_epochs")  # a resumed run takes these anew
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr",
                   "epoch_s", "img_per_s"]
 
@@ -43,6 +54,8 @@ class TrainResult:
     test: Evaluation
     classes: list[str]
     train_seconds: float
+    model: nn.Module | None = None  # the trained module (this rank's copy under torchrun)
+    stop_reason: str | None = None  # the limit that ended an unfinished run (--resume continues)
 
 
 # --- set-up ---
@@ -96,10 +109,14 @@ def load_data(config: TrainConfig) -> tuple[Dataset, Dataset | None, Dataset, di
     return train, val, test, model_kwargs
 
 
-def make_loader(ds: Dataset, batch_size: int, config: TrainConfig, *, train: bool = False):
-    """Whole-batch loader over memory, or over files decoded by `config.workers` processes."""
+def make_loader(ds: Dataset, batch_size: int, config: TrainConfig, *, train: bool = False,
+                env: DistEnv = DistEnv()):
+    """Whole-batch loader over memory, or over files decoded by `config.workers` processes.
+
+    A training loader gives each rank its strided shard of the epoch's permutation.
+    """
     options = dict(shuffle=train, drop_last=train, seed=config.seed,
-                   channels_last=config.channels_last)
+                   channels_last=config.channels_last, rank=env.rank, world_size=env.world_size)
     if train:
         options["augment"] = BatchAugment(crop_padding=config.crop_padding,
                                           translate=config.translate,
@@ -132,49 +149,91 @@ def resume_state(resume: str) -> tuple[TrainConfig, Path, dict]:
 # --- the run ---
 
 def train(config: TrainConfig, *, log=print) -> TrainResult:
-    """Train `config.model` on `config.dataset`; write the run folder; return the test metrics."""
+    """Train `config.model` on `config.dataset`; write the run folder; return the test metrics.
+
+    Under torchrun (WORLD_SIZE set) this joins the process group for the run and leaves it after.
+    """
+    env = setup()
+    try:
+        return _train(config, env, log if env.is_main else lambda *_: None)
+    finally:
+        teardown(env)
+
+
+def _train(config: TrainConfig, env: DistEnv, log) -> TrainResult:
+    reduce_sum = partial(all_reduce_sum, env=env) if env.active else None
     ckpt = None
-    if config.resume:
-        quiet = config.quiet
+    if config.resume:  # the saved config, except what the new command line may change
+        invocation = {key: getattr(config, key) for key in RESUME_OVERRIDES}
         config, run_dir, ckpt = resume_state(config.resume)
-        config.quiet, config.resume = quiet, None
+        config.resume = None
+        for key, value in invocation.items():
+            setattr(config, key, value)
     config.resolve()
     set_reproducibility(config)
     train_set, val_set, test_set, model_kwargs = load_data(config)
-    model = create_model(config.model, **model_kwargs)
+    model = create_model(config.model, **model_kwargs)  # same seed: same weights on every rank
+    if env.active:
+        torch.manual_seed(config.seed + env.rank)  # but each rank its own dropout masks
+        if config.sync_bn:
+            model = sync_batchnorm(model)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = make_optimizer(config, model)
+    # DDP averages the gradients over ranks during backward; `model` stays the plain module, so
+    # checkpoints hold the same state_dict keys as a one-process run.
+    net = DistributedDataParallel(model) if env.active else model
 
-    train_loader = make_loader(train_set, config.batch_size, config, train=True)
+    train_loader = make_loader(train_set, config.batch_size, config, train=True, env=env)
     if len(train_loader) == 0:
         raise CnnkitError(f"--batch-size {config.batch_size} is larger than the training set "
                           f"({len(train_set)} images)")
     eval_batch = max(256, config.batch_size)
-    val_loader = make_loader(val_set, eval_batch, config) if val_set else None
-    epochs, steps_per_epoch = config.epochs, len(train_loader)
+    val_loader = make_loader(shard(val_set, env), eval_batch, config) if val_set else None
+    epochs, steps_per_epoch = config.epochs, len(train_loader) // config.accumulate
+    if steps_per_epoch == 0:
+        raise CnnkitError(f"--accumulate {config.accumulate} × --batch-size {config.batch_size} "
+                          f"is more than one epoch ({len(train_loader)} batches)")
     total_steps = epochs * steps_per_epoch
     num_classes = model_kwargs["num_classes"]
 
     history: list[dict] = []
-    start_epoch, step = 0, 0
+    start_epoch, step, resumed_sums = 0, 0, (0.0, 0, 0)  # sums of an interrupted epoch
     best = {"value": None, "epoch": None, "stale": 0}
     if ckpt is not None:  # exact resume: weights, moments, RNG, step counter, history
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        per_rank = ckpt["rng"].get("per_rank") or []
+        torch.set_rng_state(per_rank[env.rank] if len(per_rank) == env.world_size
+                            else ckpt["rng"]["torch"])
         start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
         history, best = list(ckpt["history"]), dict(ckpt["best"])
-        log(f"resuming {run_dir} after epoch {ckpt['epoch'] + 1}/{epochs}")
+        partials = ckpt.get("partial") or [(0.0, 0, 0)]
+        resumed_sums = tuple(partials[env.rank] if len(partials) == env.world_size
+                             else partials[0])
+        within = step - start_epoch * steps_per_epoch
+        log(f"resuming {run_dir} after epoch {ckpt['epoch'] + 1}/{epochs}"
+            + (f" and {within} steps of epoch {start_epoch + 1}" if within else ""))
     else:
-        run_dir = new_run_dir(config.out_dir, config.name, f"{config.model}-{config.dataset}")
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    writer = _tensorboard(run_dir, purge_step=start_epoch + 1)
+        # Rank 0 names the folder (a timestamped default differs between processes).
+        run_dir = on_main(env, new_run_dir, config.out_dir, config.name,
+                          f"{config.model}-{config.dataset}")
+    writer = None  # TensorBoard: rank 0's
+    if env.is_main:
+        atomic_write_text(run_dir / "config.yaml",
+                          yaml.safe_dump(config.to_dict(), sort_keys=False))
+        writer = _tensorboard(run_dir, purge_step=start_epoch + 1)
 
-    def checkpoint_state(epoch: int) -> dict:
+    def checkpoint_state(epoch: int, epoch_sums: tuple = (0.0, 0, 0)) -> dict:
+        """Everything a resume needs; `epoch` is the last finished one, `epoch_sums` this rank's
+        sums over the steps of the next one already taken. Collective: every rank calls it."""
+        rng = {"torch": torch.get_rng_state()}
+        if env.active:
+            rng["per_rank"] = all_gather_objects(rng["torch"], env)
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": {"name": config.schedule, "step": step, "total_steps": total_steps},
-                "rng": {"torch": torch.get_rng_state()}, "epoch": epoch, "step": step,
+                "rng": rng, "epoch": epoch, "step": step,
+                "partial": all_gather_objects(epoch_sums, env),
                 "history": history, "best": best, "config": config.to_dict(),
                 "model_name": config.model, "model_kwargs": model_kwargs,
                 "classes": train_set.classes, "mean": list(train_set.mean),
@@ -184,86 +243,141 @@ def train(config: TrainConfig, *, log=print) -> TrainResult:
         log(f"{config.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
             f"{config.dataset}: {len(train_set)} train, {len(val_set) if val_set else 0} val, "
             f"{len(test_set)} test | {epochs} epochs × {steps_per_epoch} steps | run {run_dir}")
+        if env.active:
+            log(f"distributed: {env.world_size} processes × batch {config.batch_size} = global "
+                f"batch {env.world_size * config.batch_size}")
     log(_table_header())
     for row in history:
         log(_table_row(row))
-    train_start, stopped_early = time.perf_counter(), False
-    for epoch in range(start_epoch, epochs):
-        model.train()
+    train_start, stopped_early, stop_reason = time.perf_counter(), False, None
+    deadline = train_start + 60 * config.max_time if config.max_time else math.inf
+    for epoch in range(start_epoch, min(epochs, config.max_epochs or epochs)):
+        net.train()
         train_loader.set_epoch(epoch)
-        loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
-        bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{epochs}", config.quiet)
-        for x, y in train_loader:
-            lr = lr_at(step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                       lr=config.lr, schedule=config.schedule, warmup_epochs=config.warmup_epochs,
-                       step_size=config.step_size, gamma=config.gamma)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast(config.precision):
-                logits = model(x)
-            loss = token_loss(logits.float(), y, label_smoothing=config.label_smoothing)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                bar.close()
-                writer.close()
-                kept = (f"the last good checkpoint is {run_dir / 'last.pt'} (epoch {epoch})"
-                        if (run_dir / "last.pt").exists() else "no checkpoint was written")
-                raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch + 1}, step "
-                                       f"{step + 1}: training stopped; {kept}; try a lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        done = step - epoch * steps_per_epoch  # optimiser steps of this epoch before a resume
+        loss_sum, correct, seen = resumed_sums if done else (0.0, 0, 0)
+        t0, seen_before = time.perf_counter(), seen
+        bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{epochs}",
+                           config.quiet or not env.is_main)
+        bar.update(done)
+        # `accumulate` batches per optimiser step; the remainder of the epoch is dropped.
+        for index, (x, y) in enumerate(islice(train_loader, steps_per_epoch * config.accumulate)):
+            if index < done * config.accumulate:
+                continue  # consumed so the batch order and augmentation draws stay the epoch's
+            first, last = index % config.accumulate == 0, (index + 1) % config.accumulate == 0
+            if first:
+                lr = lr_at(step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                           lr=config.lr, schedule=config.schedule,
+                           warmup_epochs=config.warmup_epochs, step_size=config.step_size,
+                           gamma=config.gamma)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+            # DDP all-reduces gradients on the last batch of a step only: no_sync before.
+            sync = nullcontext() if last or not env.active else net.no_sync()
+            with sync:
+                with autocast(config.precision):
+                    logits = net(x)
+                loss = token_loss(logits.float(), y, label_smoothing=config.label_smoothing)
+                # The time limit is judged with the loss, so every rank stops at the same step.
+                flags = torch.tensor([loss.item(), float(last and time.perf_counter() > deadline)],
+                                     dtype=torch.float64)
+                loss_value, out_of_time = (all_reduce_sum(flags, env) / env.world_size).tolist()
+                if not math.isfinite(loss_value):
+                    bar.close()
+                    if writer is not None:
+                        writer.close()
+                    kept = (f"the last good checkpoint is {run_dir / 'last.pt'}"
+                            if (run_dir / "last.pt").exists() else "no checkpoint was written")
+                    raise TrainingDiverged(f"loss became {loss_value} at epoch {epoch + 1}, step "
+                                           f"{step + 1}: training stopped; {kept}; try a lower "
+                                           f"--lr")
+                (loss / config.accumulate).backward()  # the mean over the step's batches
+            loss_sum += loss.item() * len(y)
+            correct += exact_matches(logits, y)
+            seen += len(y)
+            if not last:
+                continue
             if config.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             step += 1
-            loss_sum += loss_value * len(y)
-            correct += exact_matches(logits, y)
-            seen += len(y)
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{loss_value:.4f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                                img_s=f"{(seen - seen_before) / (time.perf_counter() - t0):.0f}")
+            if out_of_time:
+                stop_reason = f"--max-time {config.max_time:g} minutes"
+                break
         bar.close()
         epoch_s = time.perf_counter() - t0
+        if step < (epoch + 1) * steps_per_epoch:  # stopped mid-epoch: keep the position
+            state = checkpoint_state(epoch - 1, (loss_sum, correct, seen))
+            if env.is_main:
+                save_checkpoint(run_dir / "last.pt", state)
+            break
+        images_this_run = seen - seen_before
+        if env.active:  # the epoch's figures over every rank's images
+            totals = all_reduce_sum(torch.tensor([loss_sum, correct, seen, images_this_run],
+                                                 dtype=torch.float64), env)
+            loss_sum, correct, seen = totals[0].item(), int(totals[1]), int(totals[2])
+            images_this_run = int(totals[3])
 
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                "val_loss": None, "val_acc": None, "val_top5": None, "lr": lr,
-               "epoch_s": epoch_s, "img_per_s": seen / epoch_s}
+               "epoch_s": epoch_s, "img_per_s": images_this_run / epoch_s}
         if val_loader:
-            val, _ = evaluate(model, val_loader, num_classes, precision=config.precision)
+            val, _ = evaluate(model, val_loader, num_classes, precision=config.precision,
+                              reduce_sum=reduce_sum)
             row.update(val_loss=val.loss, val_acc=val.top1, val_top5=val.top5)
         history.append(row)
         log(_table_row(row))
-        _write_metrics(run_dir, history, writer)
-
-        improved = _update_best(best, row, config.monitor, epoch)
+        improved = _update_best(best, row, config.monitor, epoch)  # same decision on all ranks
         state = checkpoint_state(epoch)
-        save_checkpoint(run_dir / "last.pt", state)
-        if improved:
-            save_checkpoint(run_dir / "best.pt", state)
+        if env.is_main:
+            _write_metrics(run_dir, history, writer)
+            save_checkpoint(run_dir / "last.pt", state)
+            if improved:
+                save_checkpoint(run_dir / "best.pt", state)
         stopped_early = bool(config.early_stop) and best["stale"] >= config.early_stop
         if stopped_early:
             log(f"early stop: {config.monitor} has not improved for {config.early_stop} epochs "
                 f"(best {best['value']:.4f} at epoch {best['epoch'] + 1})")
             break
+        if stop_reason:  # the time ran out on an epoch's last step
+            break
     train_seconds = time.perf_counter() - train_start
-    writer.close()
+    if not (stop_reason or stopped_early) and len(history) < epochs:
+        stop_reason = f"--max-epochs {config.max_epochs}"
+    if stop_reason:
+        log(f"stopped by {stop_reason} at step {step}/{total_steps} with a checkpoint; continue "
+            f"with: cnnkit train --resume {run_dir}")
+    if writer is not None:
+        writer.close()
+    barrier(env)  # rank 0's checkpoints are on disk before anyone reads them
 
     # Test the final weights (the schedule has annealed them); after an early stop, the best ones.
-    chosen = "best.pt" if stopped_early else "last.pt"
-    final = load_checkpoint(run_dir / chosen)
-    model.load_state_dict(final["model"])
-    test_loader = make_loader(test_set, eval_batch, config)
+    # The last weights are those in memory (on every rank its own, DDP-synchronised copy).
+    chosen, final_epoch = "last.pt", len(history) - 1
+    if stopped_early:
+        chosen = "best.pt"
+        final = load_checkpoint(run_dir / chosen)
+        model.load_state_dict(final["model"])
+        final_epoch = final["epoch"]
+    test_loader = make_loader(shard(test_set, env), eval_batch, config)
     test, log_probs = evaluate(model, test_loader, num_classes, precision=config.precision,
-                               keep_outputs=True)
-    _write_figures(run_dir, history, test, log_probs, test_set, model, config)
+                               keep_outputs=True, reduce_sum=reduce_sum)
+    log_probs = gather_shards(log_probs, len(test_set), env)  # (N, ..., K) in test-set order
+    if env.is_main:
+        _write_figures(run_dir, history, test, log_probs, test_set, model, config)
     if test_set.labels.dim() == 2:  # sequences: whole-sequence and per-token accuracy
         scores = f"sequence accuracy {test.top1:.4f}  token accuracy {test.token_acc:.4f}"
     else:
         scores = f"top-1 {test.top1:.4f}  top-5 {test.top5:.4f}"
-    log(f"test, weights of {chosen} (epoch {final['epoch'] + 1}): loss {test.loss:.4f}  "
+    log(f"test, weights of {chosen} (epoch {final_epoch + 1}): loss {test.loss:.4f}  "
         f"{scores}  ({test.count} images)")
-    return TrainResult(run_dir, history, test, train_set.classes, train_seconds)
+    return TrainResult(run_dir, history, test, train_set.classes, train_seconds, model,
+                       stop_reason)
 
 
 # --- helpers of the loop ---
@@ -319,7 +433,8 @@ def _write_metrics(run_dir: Path, history: list[dict], writer) -> None:
 def _write_figures(run_dir: Path, history, test: Evaluation, log_probs, test_set, model,
                    config: TrainConfig) -> None:
     from cnnkit.viz import plot_confusion, plot_curves, plot_predictions  # noqa: PLC0415
-    plot_curves(history, run_dir / "curves.png")
+    if history:  # empty when a limit stopped the run inside its first epoch
+        plot_curves(history, run_dir / "curves.png")
     plot_confusion(test.confusion, test_set.classes, run_dir / "confusion.png")
     preds = log_probs.argmax(-1)  # (N,) or, for sequences, (N, T)
     wrong = (preds != test_set.labels).view(len(preds), -1).any(1).nonzero().flatten()[:8]
