@@ -41,6 +41,17 @@ def test_sample_writes_a_non_blank_png(run_dir, tmp_path):
     assert tiles.std() > 0  # not blank
 
 
+def test_sample_in_batches_saves_uint8_samples(run_dir, tmp_path):
+    saved = tmp_path / "samples.pt"
+    proc = cnnkit("diffusion", "sample", run_dir, "--n", "6", "--batch-size", "4", "--steps", "3",
+                  "--precision", "bf16", "--save", saved, "-o", tmp_path / "grid.png")
+    assert proc.returncode == 0, proc.stderr
+    images = torch.load(saved, weights_only=True)  # unconditional: a bare tensor
+    assert images.dtype == torch.uint8 and images.shape == (6, 1, 28, 28)
+    assert images[4:].float().std() > 0  # the second batch was denoised too
+    assert "ms per image" in proc.stdout
+
+
 def test_resume_of_a_finished_run_is_a_no_op(run_dir):
     before = (run_dir / "last.pt").read_bytes()
     proc = cnnkit("diffusion", "train", "--resume", run_dir, "--quiet")

@@ -24,10 +24,12 @@ def guided_eps(process: GaussianDiffusion, model: nn.Module, x: torch.Tensor, t:
     w = 1 is the plain conditional prediction (one forward); otherwise the conditional and the
     unconditional halves go through the network as one batch of 2B.
     """
+    # .float(): under bf16 autocast the sampler's arithmetic (and guidance's difference) stays fp32
     if labels is None or guidance == 1.0:
-        return model(x, t, labels)
+        return model(x, t, labels).float()
     null = torch.full_like(labels, process.num_classes)
-    eps = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))  # (2B, C, H, W)
+    eps = model(torch.cat([x, x]), torch.cat([t, t]),
+                torch.cat([labels, null])).float()  # (2B, C, H, W)
     eps_cond, eps_uncond = eps.chunk(2)
     return eps_uncond + guidance * (eps_cond - eps_uncond)
 

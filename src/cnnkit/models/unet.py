@@ -153,8 +153,8 @@ class UNet(nn.Module):
     generative = True  # a denoiser, not a classifier: the classifier zoo tests skip it
 
     def __init__(self, *, in_chans: int = 1, img_size: int = 28, base_channels: int = 32,
-                 channel_mults: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 2,
-                 attention_resolutions: tuple[int, ...] = (7,), dropout: float = 0.1,
+                 channel_mults: tuple[int, ...] = (1, 2, 2), num_res_blocks: int = 1,
+                 attention_resolutions: tuple[int, ...] = (7,), dropout: float = 0.0,
                  num_classes: int = 0):
         super().__init__()
         if base_channels < 4 or base_channels % 4:
@@ -244,5 +244,5 @@ def _build_unet(*, num_classes: int = 0, in_chans: int = 1, img_size: int = 28, 
 @register_model(input_size=(1, 28, 28), fixed_input_size=True, test_kwargs={"base_channels": 8})
 def ddpm_unet(num_classes: int = 0, in_chans: int = 1, img_size: int = 28, **kwargs) -> UNet:
     return _build_unet(num_classes=num_classes, in_chans=in_chans, img_size=img_size,
-                       **{"base_channels": 32, "channel_mults": (1, 2, 2), "num_res_blocks": 2,
+                       **{"base_channels": 32, "channel_mults": (1, 2, 2), "num_res_blocks": 1,
                           "attention_resolutions": (7,), **kwargs})
