@@ -1,8 +1,6 @@
 """mnist-seq: rows of real MNIST digits, checked pixel for pixel against the official IDX files."""
 from __future__ import annotations
 
-import gzip
-
 import numpy as np
 import pytest
 import torch
@@ -13,17 +11,10 @@ from cnnkit.data.mnist_seq import (CANVAS_WIDTH, CLASSES, END, MAX_LEN, MEAN, MI
                                    SIZES, STD, plan_sequences)
 from cnnkit.utils import CnnkitError
 from tests.conftest import DATASETS
+from tests._idx import read_idx
 
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-
-
-def read_idx(path) -> np.ndarray:
-    """Independent IDX reader (LeCun's format): dim count in byte 3, big-endian int32 sizes."""
-    data = gzip.open(path).read()
-    ndim = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """Figures drawn from real MNIST and CIFAR-10 test images, read back as PNGs and inspected."""
-import gzip
 import zipfile
 
 import matplotlib.pyplot as plt
@@ -13,18 +12,11 @@ from cnnkit.utils import CnnkitError
 from cnnkit.viz import (display_images, image_grid, make_grid, plot_confusion, plot_curves,
                         plot_predictions)
 from tests.conftest import DATASETS
+from tests._idx import read_idx
 
 DIGITS = [str(d) for d in range(10)]
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-
-
-def read_idx(path) -> np.ndarray:
-    """An IDX file (LeCun's MNIST format): magic with the dim count in byte 3, big-endian sizes."""
-    data = gzip.open(path).read()
-    ndim = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 @pytest.fixture(scope="module")

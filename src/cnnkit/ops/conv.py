@@ -157,15 +157,22 @@ def _windows(x: torch.Tensor, kernel: Pair, stride: Pair, dilation: Pair) -> tor
     return spans[..., ::dh, ::dw]                               # (A, B, Ho, Wo, kh, kw)
 
 
+def _prepare(x, weight, bias, stride, pad, dilation, groups, flip):
+    """What both algorithms start from: the kernel (flipped for true convolution), the input
+    zero-padded (N, C, Hp, Wp), and the checked output size (Ho, Wo)."""
+    w = weight.flip(-2, -1) if flip else weight
+    out_size = _check(x, w, bias, stride, pad, dilation, groups)
+    xp = F.pad(x, (pad[2], pad[3], pad[0], pad[1])) if any(pad) else x  # (N, C, Hp, Wp)
+    return w, xp, out_size
+
+
 class _Im2colConv2d(torch.autograd.Function):
     @staticmethod
     @_FLOAT32_UNDER_AUTOCAST
     def forward(ctx, x, weight, bias, stride, pad, dilation, groups, flip):
-        w = weight.flip(-2, -1) if flip else weight
-        n, c, h, wd = x.shape
+        w, xp, (ho, wo) = _prepare(x, weight, bias, stride, pad, dilation, groups, flip)
+        n = x.shape[0]
         o, cg, kh, kw = w.shape
-        ho, wo = _check(x, w, bias, stride, pad, dilation, groups)
-        xp = F.pad(x, (pad[2], pad[3], pad[0], pad[1])) if any(pad) else x  # (N, C, Hp, Wp)
         fields = _windows(xp, (kh, kw), stride, dilation)       # (N, C, Ho, Wo, kh, kw)
         # the one copy: receptive fields as columns, batch and positions side by side
         cols = fields.permute(1, 4, 5, 0, 2, 3)                 # (C, kh, kw, N, Ho, Wo)
@@ -230,11 +237,9 @@ class _DirectConv2d(torch.autograd.Function):
     @staticmethod
     @_FLOAT32_UNDER_AUTOCAST
     def forward(ctx, x, weight, bias, stride, pad, dilation, groups, flip):
-        w = weight.flip(-2, -1) if flip else weight
-        n, c, h, wd = x.shape
+        w, xp, (ho, wo) = _prepare(x, weight, bias, stride, pad, dilation, groups, flip)
+        n = x.shape[0]
         o, cg, kh, kw = w.shape
-        ho, wo = _check(x, w, bias, stride, pad, dilation, groups)
-        xp = F.pad(x, (pad[2], pad[3], pad[0], pad[1]))          # (N, C, Hp, Wp)
         xp_g = xp.reshape(n, groups, cg, *xp.shape[2:])          # (N, G, Cg, Hp, Wp)
         w_g = w.reshape(groups, o // groups, cg, kh, kw)         # (G, O/G, Cg, kh, kw)
         out = x.new_zeros(n, groups, o // groups, ho, wo)        # (N, G, O/G, Ho, Wo)
