@@ -12,7 +12,7 @@ import csv
 import io
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,17 +26,17 @@ from cnnkit.diffusion.samplers import ddim_sample
 from cnnkit.diffusion.schedules import SCHEDULES, beta_schedule
 from cnnkit.models import create_model
 from cnnkit.train.checkpoint import load_checkpoint, new_run_dir, save_checkpoint
-from cnnkit.train.config import config_field, native_bf16
+from cnnkit.train.config import ConfigBase, config_field, native_bf16
 from cnnkit.train.metrics import autocast
 from cnnkit.train.trainer import TrainingDiverged, progress_bar
-from cnnkit.utils import CnnkitError, atomic_write_text, suggest
+from cnnkit.utils import CnnkitError, atomic_write_text
 
 METRIC_COLUMNS = ["epoch", "step", "loss", "lr", "epoch_s", "img_per_s"]
 RESUME_OVERRIDES = ("epochs", "max_minutes", "quiet")  # what a resumed run may change
 
 
 @dataclass
-class DiffusionConfig:
+class DiffusionConfig(ConfigBase):
     # --- data ---
     dataset: str = config_field("mnist", "data set name (see `cnnkit datasets`)")
     data_dir: str = config_field("~/.cache/cnnkit", "download cache")
@@ -79,10 +79,7 @@ class DiffusionConfig:
     quiet: bool = config_field(False, "no progress bars")
 
     def validate(self) -> "DiffusionConfig":
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise suggest(getattr(self, f.name), choices, f.name.replace("_", "-"))
+        self.check_choices()
         for key in ("epochs", "batch_size", "lr", "timesteps", "sample_n", "sample_steps"):
             if getattr(self, key) <= 0:
                 raise CnnkitError(f"--{key.replace('_', '-')} must be positive, got "
@@ -100,17 +97,6 @@ class DiffusionConfig:
                     attention_resolutions=_int_list(self.attention_resolutions,
                                                     "attention-resolutions"),
                     dropout=self.dropout)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "DiffusionConfig":
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                raise suggest(key, known, "config key")
-        return cls(**values)
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:

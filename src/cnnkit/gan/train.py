@@ -15,9 +15,8 @@ import io
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,15 +26,15 @@ from cnnkit.data import InMemoryLoader, load_dataset
 from cnnkit.gan.dcgan import Discriminator, Generator, generate
 from cnnkit.models._weights import read_checkpoint
 from cnnkit.train.checkpoint import new_run_dir, save_checkpoint
-from cnnkit.train.config import config_field
-from cnnkit.utils import CnnkitError, atomic_write_text, suggest
+from cnnkit.train.config import ConfigBase, config_field
+from cnnkit.utils import CnnkitError, atomic_write_text
 
 DEFAULT_EPOCHS = 5
 METRIC_COLUMNS = ["epoch", "d_loss", "g_loss", "d_real", "d_fake", "epoch_s", "img_per_s"]
 
 
 @dataclass
-class GanConfig:
+class GanConfig(ConfigBase):
     # --- data ---
     dataset: str = config_field("mnist", "data set name (see `cnnkit datasets`)")
     data_dir: str = config_field("~/.cache/cnnkit", "download cache (data sets live in DATA_DIR/<name>/)")
@@ -72,17 +71,6 @@ class GanConfig:
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise CnnkitError(f"--{key} must be in [0, 1), got {getattr(self, key)}")
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "GanConfig":
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                raise suggest(key, known, "config key")
-        return cls(**values)
 
 
 @dataclass

@@ -31,8 +31,32 @@ RECIPES: dict[str, dict[str, Any]] = {
 DEFAULT_RECIPE: dict[str, Any] = dict(epochs=10, batch_size=128, translate=0)
 
 
+class ConfigBase:
+    """What every cnnkit config dataclass shares (training, DDPM, DCGAN): a plain-dict round
+    trip for config.yaml and checkpoints, and the choices of `config_field` enforced."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                raise suggest(key, known, "config key")
+        return cls(**values)
+
+    def check_choices(self) -> None:
+        """Raise a CnnkitError with the closest choice for a field outside its choices."""
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise suggest(value, choices, f.name.replace("_", "-"))
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     # --- what to train on ---
     model: str = config_field("lenet", "registered model name (see `cnnkit models`)")
     backend: str = config_field("torch", "conv/pool layers: torch's, or cnnkit's from-scratch ops (lenet)",
@@ -90,11 +114,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check the values argparse cannot check; raise CnnkitError naming the field."""
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise suggest(value, choices, f.name.replace("_", "-"))
+        self.check_choices()
         positive = {"batch_size": self.batch_size, "lr": self.lr, "epochs": self.epochs}
         for key, value in positive.items():
             if value is not None and value <= 0:
@@ -129,16 +149,6 @@ class TrainConfig:
         self.precision = self.resolved_precision()
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                raise suggest(key, known, "config key")
-        return cls(**values)
 
 
 def native_bf16() -> bool:

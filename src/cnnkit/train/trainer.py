@@ -280,7 +280,8 @@ def _train(config: TrainConfig, env: DistEnv, log) -> TrainResult:
                     logits = net(x)
                 loss = token_loss(logits.float(), y, label_smoothing=config.label_smoothing)
                 # The time limit is judged with the loss, so every rank stops at the same step.
-                flags = torch.tensor([loss.item(), float(last and time.perf_counter() > deadline)],
+                local_loss = loss.item()
+                flags = torch.tensor([local_loss, float(last and time.perf_counter() > deadline)],
                                      dtype=torch.float64)
                 loss_value, out_of_time = (all_reduce_sum(flags, env) / env.world_size).tolist()
                 if not math.isfinite(loss_value):
@@ -293,7 +294,7 @@ def _train(config: TrainConfig, env: DistEnv, log) -> TrainResult:
                                            f"{step + 1}: training stopped; {kept}; try a lower "
                                            f"--lr")
                 (loss / config.accumulate).backward()  # the mean over the step's batches
-            loss_sum += loss.item() * len(y)
+            loss_sum += local_loss * len(y)
             correct += exact_matches(logits, y)
             seen += len(y)
             if not last:
