@@ -8,6 +8,9 @@ from PIL import Image
 from cnnkit.cli.main import main
 from cnnkit.train import TrainConfig, train
 from tests.cli._run import cnnkit
+from tests.conftest import DATASETS
+
+CIFAR10_TEST_ZIP = DATASETS / "cifar10-jpg" / "test.zip"
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +69,10 @@ def test_benchmark_a_random_model_on_cifar_photos(capsys):
     code, out, err = run_main(capsys, "benchmark", "--model", "resnet18", "--model-args",
                               "small_input=true", "--input-size", "3", "32", "32", "--batch-size",
                               "8", "--modes", "fp32", "bf16", "--iters", "1", "--rounds", "1",
-                              "--warmup", "1", "--images", "16")
+                              "--warmup", "1", "--images", "16", "--photos", CIFAR10_TEST_ZIP)
     assert code == 0, err
     assert "resnet18 (random weights" in out and "batch 8 × 3×32×32" in out
-    assert "16 CIFAR-10 test photos resized to 32×32" in out
+    assert f"16 photos from {CIFAR10_TEST_ZIP} resized to 32×32" in out
     assert "weak signal" in out  # random weights: the caveat is printed
     rows = _table(out)
     assert list(rows) == ["fp32", "bf16"]

@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnkit.diffusion.train import DiffusionConfig, train_diffusion
-from cnnkit.train.checkpoint import load_checkpoint
+from cnnkit.engine.checkpoint import load_checkpoint
+from cnnkit.train.ddpm import DiffusionConfig, train_diffusion
 from tests.cli._run import assert_one_line_error, cnnkit
 
 TINY = ["--base-channels", "8", "--channel-mults", "1,2", "--num-res-blocks", "1",
@@ -22,13 +22,14 @@ def run_dir(tmp_path_factory):
 
 
 def test_train_writes_the_run_folder(run_dir):
-    for name in ("config.yaml", "metrics.csv", "last.pt", "samples_epoch001.png"):
+    for name in ("config.yaml", "metrics.csv", "last.pt", "best.pt", "samples_epoch001.png"):
         assert (run_dir / name).is_file(), name
     lines = (run_dir / "metrics.csv").read_text().splitlines()
-    assert lines[0].startswith("epoch,step,loss") and len(lines) == 2
-    ckpt = load_checkpoint(run_dir)
-    assert {"model", "ema", "optimizer", "rng", "epoch", "step", "config"} <= set(ckpt)
-    assert ckpt["step"] == 1437 // 64
+    assert lines[0].startswith("epoch,step,loss,lr,val_loss") and len(lines) == 2
+    ckpt = load_checkpoint(run_dir, task="ddpm")
+    assert {"models", "ema", "optimizers", "rng", "position", "config", "spec"} <= set(ckpt)
+    assert ckpt["position"]["step"] == 1437 // 64 and ckpt["position"]["epochs_done"] == 1
+    assert ckpt["best"]["metric"] == "val_loss" and ckpt["best"]["value"] > 0
 
 
 def test_sample_writes_a_non_blank_png(run_dir, tmp_path):
@@ -79,7 +80,7 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path):
 
 
 def test_stopped_mid_epoch_run_resumes_exactly(tmp_path):
-    """Class-conditional, one epoch straight vs. stopped by --max-minutes after one step and
+    """Class-conditional, one epoch straight vs. stopped by --max-time after one step and
     resumed: bit-identical weights, EMA, and the same epoch loss."""
     common = dict(dataset="digits", epochs=1, timesteps=50, batch_size=256, class_conditional=True,
                   base_channels=8, channel_mults="1,2", num_res_blocks=1,
@@ -87,13 +88,15 @@ def test_stopped_mid_epoch_run_resumes_exactly(tmp_path):
                   out_dir=str(tmp_path))
     silent = dict(log=lambda *a: None)
     straight = train_diffusion(DiffusionConfig(name="straight", **common), **silent)
-    stopped = train_diffusion(DiffusionConfig(name="stopped", max_minutes=1e-9, **common), **silent)
-    assert load_checkpoint(stopped)["step"] == 1  # stopped after its first step, mid-epoch
-    train_diffusion(DiffusionConfig(resume=str(stopped)), overrides={"max_minutes": 0.0}, **silent)
+    stopped = train_diffusion(DiffusionConfig(name="stopped", max_time=1e-9, **common), **silent)
+    position = load_checkpoint(stopped)["position"]  # stopped after its first step, mid-epoch
+    assert (position["epochs_done"], position["step"], position["epoch_step"]) == (0, 1, 1)
+    assert position["partial"][0]["seen"] == 256  # that step's images, counted for the epoch
+    train_diffusion(DiffusionConfig(resume=str(stopped)), **silent)  # no limit: taken anew
     a, b = load_checkpoint(straight), load_checkpoint(stopped)
-    assert a["step"] == b["step"] == 1437 // 256
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-        assert torch.equal(a["ema"]["model"][key], b["ema"]["model"][key]), key
+    assert a["position"]["step"] == b["position"]["step"] == 1437 // 256
+    for key in a["models"]["model"]:
+        assert torch.equal(a["models"]["model"][key], b["models"]["model"][key]), key
+        assert torch.equal(a["ema"]["model"]["model"][key], b["ema"]["model"]["model"][key]), key
     assert len(b["history"]) == 1
     assert a["history"][0]["loss"] == b["history"][0]["loss"]  # over the whole epoch, both runs

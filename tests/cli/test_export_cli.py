@@ -11,9 +11,10 @@ from torch import nn
 from cnnkit.cli.main import build_parser, main
 from cnnkit.models import create_model
 from cnnkit.train import TrainConfig
-from cnnkit.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from cnnkit.train.export import export_model, export_onnx
-from cnnkit.train.inference import checkpoint_test_images
+from cnnkit.engine.checkpoint import save_checkpoint
+from cnnkit.inference.load import load_model
+from cnnkit.inference.export import export_model, export_onnx
+from cnnkit.inference.modes import checkpoint_test_images
 from cnnkit.utils import CnnkitError
 from tests.cli._run import cnnkit
 from tests.conftest import DATASETS
@@ -49,23 +50,25 @@ def resnet_ckpt(tmp_path_factory):
     model = create_model("resnet18", **kwargs)
     config = asdict(TrainConfig(model="resnet18", dataset="imagefolder", data_dir=str(folder),
                                 image_size=32, model_args={"small_input": True}))
-    ckpt = dict(model=model.state_dict(), model_name="resnet18", model_kwargs=kwargs,
-                classes=classes, mean=CIFAR_MEAN, std=CIFAR_STD, image_size=(3, 32, 32),
-                config=config)
-    images, _ = checkpoint_test_images(ckpt, 64)
+    ckpt = dict(task="classify", config=config, models={"model": model.state_dict()},
+                spec={"models": {"model": {"name": "resnet18", "kwargs": kwargs}},
+                      "infer": "model", "classes": classes, "mean": CIFAR_MEAN,
+                      "std": CIFAR_STD, "image_shape": (3, 32, 32)})
+    save_checkpoint(root / "resnet.pt", ckpt)
+    images, _ = checkpoint_test_images(load_model(root / "resnet.pt"), 64)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # a cumulative average: one pass gives the exact statistics
     model.train()
     with torch.no_grad():
         model(images)
-    ckpt["model"] = model.state_dict()
+    ckpt["models"]["model"] = model.state_dict()
     save_checkpoint(root / "resnet.pt", ckpt)
     return root / "resnet.pt"
 
 
 def _run_file(path, fmt, images):
-    """The exported file run by its own runtime, independently of cnnkit.train.export."""
+    """The exported file run by its own runtime, independently of cnnkit.inference.export."""
     if fmt == "onnx":
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert session.get_inputs()[0].shape[0] == "batch"  # a symbolic batch dimension
@@ -75,8 +78,8 @@ def _run_file(path, fmt, images):
 
 def _check_against_pytorch(ckpt_path, out, fmt):
     """Our own check, at a batch size the export never saw (its example batch had 2 images)."""
-    ckpt = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt)
+    ckpt = load_model(ckpt_path)
+    model = ckpt.model
     images, _ = checkpoint_test_images(ckpt, 7)
     with torch.no_grad():
         expected = model(images)
@@ -117,8 +120,8 @@ def test_export_matches_pytorch(which, fmt, request, tmp_path, capsys):
 
 def test_legacy_onnx_exporter_also_matches(lenet_ckpt, tmp_path):
     """The fallback path (dynamo=False), run directly: same outputs, batch still dynamic."""
-    ckpt = load_checkpoint(lenet_ckpt)
-    model = model_from_checkpoint(ckpt)
+    ckpt = load_model(lenet_ckpt)
+    model = ckpt.model
     images, _ = checkpoint_test_images(ckpt, 5)
     assert "legacy" in export_onnx(model, images[:2], tmp_path / "m.onnx", dynamo=False)
     with torch.no_grad():
@@ -127,8 +130,8 @@ def test_legacy_onnx_exporter_also_matches(lenet_ckpt, tmp_path):
 
 
 def test_a_file_that_disagrees_is_never_written(lenet_ckpt, tmp_path):
-    ckpt = load_checkpoint(lenet_ckpt)
-    model = model_from_checkpoint(ckpt)
+    ckpt = load_model(lenet_ckpt)
+    model = ckpt.model
     images, _ = checkpoint_test_images(ckpt, 16)
     out = tmp_path / "m.onnx"
     report = export_model(model, out, "onnx", images)

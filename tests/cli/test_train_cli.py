@@ -103,8 +103,8 @@ def test_bad_files_are_one_line_exit_2(trained_run, tmp_path):
     # a checkpoint of another architecture
     other = tmp_path / "other.pt"
     ckpt = torch.load(trained_run / "best.pt", weights_only=True)
-    ckpt["model_name"] = "lenet"
-    ckpt["model"] = {k: v[..., :1] for k, v in ckpt["model"].items()}
+    ckpt["spec"]["models"]["model"]["name"] = "lenet"
+    ckpt["models"]["model"] = {k: v[..., :1] for k, v in ckpt["models"]["model"].items()}
     torch.save(ckpt, other)
     assert_one_line_error(cnnkit("eval", other), "do not fit")
 
@@ -129,13 +129,14 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
-    assert 1 <= killed["epoch"] < 4, "the kill must land before the run finished"
+    assert 2 <= killed["position"]["epochs_done"] < 5, "the kill must land before the end"
 
     resumed = cnnkit("train", "--resume", tmp_path / "killed", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
-    assert a["epoch"] == b["epoch"] == 4
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["position"]["epochs_done"] == b["position"]["epochs_done"] == 5
+    wa, wb = a["models"]["model"], b["models"]["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]

@@ -1,6 +1,7 @@
 """CIFAR-10: a small tarball in the official python-pickle format, built from real CIFAR images."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cnnkit.data import datasets, load_dataset
+from cnnkit.data import _registry, datasets, load_dataset
 from cnnkit.data.download import md5_of
 from cnnkit.data.formats import read_cifar10
 from cnnkit.utils import CnnkitError
@@ -82,7 +83,8 @@ def test_read_official_layout(cifar_real):
 def test_load_through_mirror_with_conversions(cifar_real, tmp_path, serve, monkeypatch):
     tar = cifar_real[0]
     # The official MD5 cannot match a home-made tarball: register this one's instead.
-    monkeypatch.setattr(datasets, "_CIFAR10_FILE", (tar.name, md5_of(tar)))
+    entry = dataclasses.replace(datasets.get_dataset_info("cifar10"), files={tar.name: md5_of(tar)})
+    monkeypatch.setitem(_registry._DATASETS, "cifar10", entry)
     url, server = serve(tar.parent)
     ds = load_dataset("cifar10", "test", data_dir=tmp_path, mirror=url, quiet=True)
     assert ds.hflip_ok and ds.classes == CIFAR_CLASSES and ds.name == "cifar10"

@@ -1,6 +1,7 @@
 """Downloads from a real HTTP server on 127.0.0.1 serving the real MNIST files; IDX parsing."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import shutil
@@ -8,7 +9,7 @@ import socket
 
 import pytest
 
-from cnnkit.data import datasets, load_dataset
+from cnnkit.data import _registry, datasets, load_dataset
 from cnnkit.data.array_dataset import channel_stats
 from cnnkit.data.download import fetch, md5_of
 from cnnkit.data.formats import read_idx
@@ -56,7 +57,9 @@ def test_mirror_from_environment(tmp_path, serve, monkeypatch):
 def test_statistics_computed_where_none_are_published(tmp_path, serve, monkeypatch):
     # kmnist has no trusted constants: its training file's statistics are used, for both splits.
     # Served here are MNIST's files under kmnist's name, so the expected values are MNIST's.
-    monkeypatch.setitem(datasets._IDX_MD5, "kmnist", datasets._IDX_MD5["mnist"])
+    mnist_files = datasets.get_dataset_info("mnist").files
+    entry = dataclasses.replace(datasets.get_dataset_info("kmnist"), files=mnist_files)
+    monkeypatch.setitem(_registry._DATASETS, "kmnist", entry)
     url, server = serve(MNIST)
     test = load_dataset("kmnist", "test", data_dir=tmp_path, mirror=url, quiet=True)
     assert test.classes[:3] == ["o", "ki", "su"] and test.class_counts() == TEST_COUNTS

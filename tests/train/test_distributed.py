@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from cnnkit.train import TrainConfig, train
-from cnnkit.train.distributed import setup, sync_batchnorm
+from cnnkit.engine.distributed import setup, sync_batchnorm
 from tests.cli._run import cnnkit
 
 B = 16
@@ -52,7 +52,7 @@ def flags(values: dict) -> list[str]:
 
 
 def weights(path) -> dict:
-    return torch.load(path, weights_only=True)["model"]
+    return torch.load(path, weights_only=True)["models"]["model"]
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,9 @@ def test_two_ranks_match_one_process_with_double_batch(ddp_run, tmp_path):
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
     ckpt = torch.load(tmp / "ddp" / "last.pt", weights_only=True)
-    assert ckpt["step"] == torch.load(single.run_dir / "last.pt", weights_only=True)["step"]
-    assert len(ckpt["rng"]["per_rank"]) == 2
+    single_ckpt = torch.load(single.run_dir / "last.pt", weights_only=True)
+    assert ckpt["position"]["step"] == single_ckpt["position"]["step"]
+    assert len(ckpt["rng"]["cpu"]) == 2 and len(ckpt["position"]["partial"]) == 2
     # Train metrics summed over the ranks: those of the one process over the same samples.
     assert ckpt["history"][-1]["train_loss"] == pytest.approx(single.history[-1]["train_loss"],
                                                              rel=1e-4)
@@ -112,7 +113,7 @@ def test_resumed_two_rank_run_matches_uninterrupted(ddp_run):
     assert first.stdout.count("test accuracy") == 1  # printed by rank 0 only
     assert "stopped by --max-epochs 1" in first.stdout
     path = tmp / "part" / "last.pt"
-    assert torch.load(path, weights_only=True)["epoch"] == 0
+    assert torch.load(path, weights_only=True)["position"]["epochs_done"] == 1
     resumed = cnnkit("train", "--nproc", 2, "--resume", tmp / "part", "--quiet", cwd=tmp,
                      timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

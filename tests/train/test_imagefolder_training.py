@@ -17,7 +17,8 @@ def test_streamed_and_in_memory_folders_train_identically(tmp_path):
     a = torch.load(memory.run_dir / "last.pt", weights_only=True)
     b = torch.load(streamed.run_dir / "last.pt", weights_only=True)
     # LeNet's input format (1×28×28) applied to the 32×32 colour photos
-    assert a["image_size"] == b["image_size"] == [1, 28, 28]
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["spec"]["image_shape"] == b["spec"]["image_shape"] == [1, 28, 28]
+    wa, wb = a["models"]["model"], b["models"]["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert memory.test.count == streamed.test.count > 0
     assert (streamed.run_dir / "predictions.png").is_file()

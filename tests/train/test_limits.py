@@ -20,7 +20,7 @@ def config(tmp_path, name, **overrides) -> TrainConfig:
 
 
 def weights(path) -> dict:
-    return torch.load(path, weights_only=True)["model"]
+    return torch.load(path, weights_only=True)["models"]["model"]
 
 
 def test_accumulating_two_batches_equals_one_double_batch(tmp_path):
@@ -33,7 +33,7 @@ def test_accumulating_two_batches_equals_one_double_batch(tmp_path):
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
     assert accumulated.history[-1]["train_loss"] == pytest.approx(
         double.history[-1]["train_loss"], rel=1e-4)
-    steps = torch.load(accumulated.run_dir / "last.pt", weights_only=True)["step"]
+    steps = torch.load(accumulated.run_dir / "last.pt", weights_only=True)["position"]["step"]
     assert steps == 2 * (512 // 32)  # optimiser steps, not batches
 
 
@@ -49,7 +49,7 @@ def test_max_epochs_stops_with_a_checkpoint_and_resumes_exactly(tmp_path):
     whole = train(config(tmp_path, "whole", batch_size=32), **QUIET)
     part = train(config(tmp_path, "part", batch_size=32, max_epochs=1), **QUIET)
     assert part.stop_reason == "--max-epochs 1" and len(part.history) == 1
-    assert torch.load(part.run_dir / "last.pt", weights_only=True)["epoch"] == 0
+    assert torch.load(part.run_dir / "last.pt", weights_only=True)["position"]["epochs_done"] == 1
     resumed = train(TrainConfig(resume=str(part.run_dir), quiet=True), **QUIET)
     assert resumed.stop_reason is None and len(resumed.history) == 2
     got, expected = weights(part.run_dir / "last.pt"), weights(whole.run_dir / "last.pt")
@@ -64,8 +64,9 @@ def test_max_time_stops_mid_epoch_and_resumes_exactly(tmp_path):
     part = train(config(tmp_path, "part", max_time=1e-6, **shifted), **QUIET)
     assert part.stop_reason == "--max-time 1e-06 minutes" and part.history == []
     ckpt = torch.load(part.run_dir / "last.pt", weights_only=True)
-    assert (ckpt["epoch"], ckpt["step"]) == (-1, 1)  # no epoch finished, one step taken
-    assert ckpt["partial"][0][2] == 32  # the images of that step, counted for epoch 1's row
+    position = ckpt["position"]  # no epoch finished, one step taken
+    assert (position["epochs_done"], position["step"], position["epoch_step"]) == (0, 1, 1)
+    assert position["partial"][0]["seen"] == 32  # the images of that step, for epoch 1's row
     resumed = train(TrainConfig(resume=str(part.run_dir), quiet=True), **QUIET)
     got, expected = weights(part.run_dir / "last.pt"), weights(whole.run_dir / "last.pt")
     assert all(torch.equal(got[k], expected[k]) for k in expected)
@@ -92,4 +93,4 @@ def test_max_time_on_an_epochs_last_step_ends_the_run_there(tmp_path):
                              max_time=1e-6)
     result = train(one_step_epochs, **QUIET)
     assert result.stop_reason.startswith("--max-time") and len(result.history) == 1
-    assert torch.load(result.run_dir / "last.pt", weights_only=True)["epoch"] == 0
+    assert torch.load(result.run_dir / "last.pt", weights_only=True)["position"]["epochs_done"] == 1

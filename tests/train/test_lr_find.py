@@ -9,7 +9,7 @@ from cnnkit.models import create_model
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.lr_find import geometric_lrs, lr_find, suggest_lr
 from cnnkit.train.metrics import token_loss
-from cnnkit.train.trainer import load_data, make_loader, make_optimizer
+from cnnkit.train.classify import load_data, make_loader, make_optimizer
 from cnnkit.utils import CnnkitError
 
 

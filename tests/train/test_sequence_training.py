@@ -25,4 +25,4 @@ def test_attention_reader_trains_and_draws_its_attention(tmp_path):
         with Image.open(result.run_dir / name) as img:
             assert img.size[0] > 300
     ckpt = torch.load(result.run_dir / "last.pt", weights_only=True)
-    assert ckpt["image_size"] == [1, 28, 140]
+    assert ckpt["spec"]["image_shape"] == [1, 28, 140]

@@ -18,7 +18,7 @@ def quick(tmp_path, **overrides) -> TrainConfig:
 
 
 def weights(path) -> dict:
-    return torch.load(path, weights_only=True)["model"]
+    return torch.load(path, weights_only=True)["models"]["model"]
 
 
 def test_run_folder_contents_and_checkpoint(tmp_path):
@@ -33,10 +33,12 @@ def test_run_folder_contents_and_checkpoint(tmp_path):
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["epochs"] == 2 and saved["precision"] in ("fp32", "bf16")  # resolved values
     ckpt = torch.load(run / "last.pt", weights_only=True)
-    assert {"model", "optimizer", "scheduler", "rng", "epoch", "step", "history", "config"} <= set(ckpt)
+    assert {"task", "models", "optimizers", "rng", "position", "history", "config", "spec"} <= set(ckpt)
     info = get_dataset_info("digits")
     n_train = info.train_size - round(0.1 * info.train_size)  # minus the validation split
-    assert ckpt["epoch"] == 1 and ckpt["step"] == 2 * (n_train // 64)  # drop_last batches
+    position = ckpt["position"]
+    assert position["epochs_done"] == 2 and position["epoch_step"] == 0
+    assert position["step"] == 2 * (n_train // 64)  # drop_last batches
     assert result.test.count == info.test_size == result.test.confusion.sum()
 
 
@@ -65,8 +67,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         train(config, log=lambda *_: None)
     kept = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert kept["epoch"] == 0
-    assert all(torch.isfinite(t).all() for t in kept["model"].values())
+    assert kept["position"]["epochs_done"] == 1
+    assert all(torch.isfinite(t).all() for t in kept["models"]["model"].values())
 
 
 def test_early_stopping(tmp_path):

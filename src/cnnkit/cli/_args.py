@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from cnnkit.train.config import default_of
+from cnnkit.engine.config import ConfigBase, default_of
 from cnnkit.utils import CnnkitError, suggest
 
 
@@ -88,7 +88,10 @@ def config_from_args(args: argparse.Namespace, config_cls):
         given = getattr(args, name, None)
         if given is not None:
             values[name] = given
-    return config_cls(**values)
+    config = config_cls(**values)
+    if isinstance(config, ConfigBase):  # a resumed run applies exactly these to its saved config
+        config.mark_given(values)
+    return config
 
 
 def _read_yaml(path: Path) -> dict:

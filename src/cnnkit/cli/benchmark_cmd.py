@@ -5,11 +5,10 @@ from pathlib import Path
 import torch
 
 from cnnkit.cli._args import parse_kv
-from cnnkit.cli.eval_cmd import resolve_checkpoint
+from cnnkit.inference.load import LoadedModel, load_model
+from cnnkit.inference.modes import (MODES, agreement, checkpoint_test_images, compare_modes,
+                                    format_table, photo_images)
 from cnnkit.models import count_parameters, create_model, get_model_cfg
-from cnnkit.train.checkpoint import load_checkpoint, model_from_checkpoint
-from cnnkit.train.inference import (CIFAR10_TEST_ZIP, MODES, agreement, checkpoint_test_images,
-                                    compare_modes, format_table, photo_images)
 from cnnkit.utils import CnnkitError
 
 
@@ -29,23 +28,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed passes per mode")
     parser.add_argument("--images", type=int, default=64,
                         help="real images for the top-1 agreement check (0: skip it)")
-    parser.add_argument("--photos", type=Path, default=CIFAR10_TEST_ZIP,
+    parser.add_argument("--photos", type=Path, default=None,
                         help="zip or folder of photos for the agreement check of --model "
-                             "(default: the CIFAR-10 test set in ../shared/datasets)")
+                             "(e.g. a zip of the CIFAR-10 test JPEGs); without it --model runs "
+                             "are timed only")
 
 
-def _build(args) -> tuple[torch.nn.Module, str, tuple[int, int, int], dict | None]:
-    """(model, its name, input size (C, H, W), the checkpoint or None)."""
+def _build(args) -> tuple[torch.nn.Module, str, tuple[int, int, int], LoadedModel | None]:
+    """(model, its name, input size (C, H, W), the loaded checkpoint or None)."""
     if args.checkpoint:
-        ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
-        if args.model and args.model != ckpt["model_name"]:
+        loaded = load_model(args.checkpoint, command="`cnnkit benchmark`")
+        if args.model and args.model != loaded.name:
             raise CnnkitError(f"--model {args.model} but the checkpoint holds "
-                              f"{ckpt['model_name']}; give only one of them")
-        size = tuple(args.input_size or ckpt["image_size"])
-        if size != tuple(ckpt["image_size"]):
-            raise CnnkitError(f"the checkpoint was trained on {tuple(ckpt['image_size'])} inputs; "
+                              f"{loaded.name}; give only one of them")
+        size = tuple(args.input_size or loaded.image_shape)
+        if size != loaded.image_shape:
+            raise CnnkitError(f"the checkpoint was trained on {loaded.image_shape} inputs; "
                               f"drop --input-size {' '.join(map(str, size))}")
-        return model_from_checkpoint(ckpt), ckpt["model_name"], size, ckpt
+        return loaded.model, loaded.name, size, loaded
     if not args.model:
         raise CnnkitError("give --model NAME (random weights) or --checkpoint PATH")
     cfg = get_model_cfg(args.model)
@@ -67,7 +67,8 @@ def run(args) -> int:
     model, name, size, ckpt = _build(args)
     if args.images > 0:
         found = (checkpoint_test_images(ckpt, args.images) if ckpt is not None
-                 else photo_images(args.images, *size, source=args.photos))
+                 else photo_images(args.images, *size, source=args.photos) if args.photos
+                 else None)
     else:
         found = None
     # The timed batch: real images where there are enough, else random ones (speed does not

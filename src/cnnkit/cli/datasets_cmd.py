@@ -1,4 +1,4 @@
-"""`cnnkit datasets`: the data sets cnnkit can load, and where they come from."""
+"""`cnnkit datasets`: every registered data set, where it comes from, and its training recipe."""
 from cnnkit.data import get_dataset_info, list_datasets
 
 
@@ -16,4 +16,16 @@ def run(args) -> int:
         classes = info.num_classes or "any"
         print(f"{name:<14} {classes:>7} {shape:>9} {train:>7} {test:>6}  {info.source}")
         print(f"{'':<14} {info.description}")
+        print(f"{'':<14} recipe: {recipe_summary(info.recipe)}")
     return 0
+
+
+# How `recipe_summary` words each recipe key; any other key prints as key=value.
+_RECIPE_WORDS = {"epochs": "{} epochs", "batch_size": "batch {}", "translate": "shift ±{} px"}
+
+
+def recipe_summary(recipe: dict) -> str:
+    """`30 epochs, batch 32, shift ±2 px`: a data set's training recipe in words."""
+    return ", ".join(_RECIPE_WORDS.get(key, key + "={}").format(value)
+                     for key, value in recipe.items()
+                     if not (key == "translate" and not value))  # no shift: not worth a word

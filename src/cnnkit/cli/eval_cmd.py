@@ -3,14 +3,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from cnnkit.data import InMemoryLoader, load_dataset
-from cnnkit.train.checkpoint import load_checkpoint, model_from_checkpoint
-from cnnkit.train.inference import model_for_precision
+from cnnkit.inference.load import load_model
+from cnnkit.inference.modes import model_for_precision
 from cnnkit.train.metrics import evaluate
 from cnnkit.utils import CnnkitError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint file or a run folder (uses its best.pt)")
+    parser.add_argument("checkpoint", help="a checkpoint file or a run folder (its best.pt, else "
+                                           "last.pt)")
     parser.add_argument("--dataset", help="data set (default: the one it was trained on)")
     parser.add_argument("--data-dir", help="download cache or image folder (default: the run's)")
     parser.add_argument("--split", choices=("test", "train"), default="test")
@@ -21,35 +22,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--confusion", type=Path, help="also write the confusion matrix to this PNG")
 
 
-def resolve_checkpoint(path: str) -> Path:
-    path = Path(path)
-    if path.is_dir() and (path / "best.pt").is_file():
-        return path / "best.pt"
-    return path
-
-
 def run(args) -> int:
-    ckpt_path = resolve_checkpoint(args.checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt)
-    config = ckpt["config"]
+    loaded = load_model(args.checkpoint, command="`cnnkit eval`")
+    config = loaded.config
     dataset = args.dataset or config["dataset"]
-    channels, height, _ = ckpt["image_size"]
+    channels, height, _ = loaded.image_shape
     data = load_dataset(dataset, args.split, data_dir=Path(args.data_dir or config["data_dir"])
                         .expanduser(), mirror=config.get("mirror"), image_size=height,
                         channels=channels, quiet=True)
-    classes = ckpt["classes"]
+    classes = loaded.classes
     if len(data.classes) != len(classes):
-        raise CnnkitError(f"{ckpt_path} predicts {len(classes)} classes but {dataset} has "
+        raise CnnkitError(f"{loaded.path} predicts {len(classes)} classes but {dataset} has "
                           f"{len(data.classes)}")
     # The model expects the normalisation it was trained with, whatever data it now sees.
-    data = replace(data, mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]))
+    data = replace(data, mean=loaded.mean, std=loaded.std)
     loader = InMemoryLoader(data, args.batch_size, shuffle=False)
-    runner, mode_line = model_for_precision(model, args.precision, loader,
+    runner, mode_line = model_for_precision(loaded.model, args.precision, loader,
                                             f"{len(data)} {dataset} {args.split} images")
     print(mode_line)
     result, _ = evaluate(runner, loader, len(classes))  # the runner applies its own precision
-    print(f"{ckpt['model_name']} on {dataset} {args.split} ({result.count} images): "
+    print(f"{loaded.name} on {dataset} {args.split} ({result.count} images): "
           f"loss {result.loss:.4f}  top-1 {result.top1:.4f}  top-5 {result.top5:.4f}")
     print(result.per_class_table(classes))
     if args.confusion:

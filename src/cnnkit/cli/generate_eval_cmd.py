@@ -3,10 +3,10 @@ feature space (LeNet: 500-d post-ReLU fc1), beside the real-vs-real floor, and c
 accuracy."""
 from pathlib import Path
 
-import torch
 
 from cnnkit.data import load_dataset
-from cnnkit.train.generative_eval import (check_images, conditional_accuracy, fid,
+from cnnkit.generation import read_samples
+from cnnkit.generation.fid import (check_images, conditional_accuracy, fid,
                                           load_classifier, random_subset)
 from cnnkit.utils import CnnkitError
 
@@ -24,31 +24,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the real-image subsets")
     parser.add_argument("--real-floor-only", action="store_true",
                         help="print only the floor: FID of real training vs test images")
-
-
-def read_samples(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(images uint8 (N, C, H, W), labels int64 (N,) or None) from a samples file."""
-    if not path.is_file():
-        raise CnnkitError(f"samples file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors all mean "not a samples file" to the user
-        raise CnnkitError(f"cannot read samples {path}: {type(exc).__name__}") from None
-    labels = None
-    if isinstance(obj, dict):
-        if "images" not in obj:
-            raise CnnkitError(f"{path} holds a dict without 'images'; expected a uint8 tensor or "
-                              "{'images': ..., 'labels': ...}")
-        obj, labels = obj["images"], obj.get("labels")
-    if not isinstance(obj, torch.Tensor) or obj.dtype != torch.uint8 or obj.dim() != 4:
-        got = (f"{obj.dtype} {tuple(obj.shape)}" if isinstance(obj, torch.Tensor)
-               else type(obj).__name__)
-        raise CnnkitError(f"{path} must hold uint8 (N, C, H, W) images (0..255), got {got}")
-    if labels is not None:
-        labels = torch.as_tensor(labels).flatten().long()
-        if len(labels) != len(obj):
-            raise CnnkitError(f"{path}: {len(obj)} images but {len(labels)} labels")
-    return obj, labels
 
 
 def run(args) -> int:

@@ -27,6 +27,8 @@ COMMANDS = {
     "diffusion": ("diffusion_cmd", "DDPM: `diffusion train` on a data set, "
                   "`diffusion sample CHECKPOINT`"),
     "gan": ("gan_cmd", "DCGAN: `gan train` on a data set, `gan sample CHECKPOINT`"),
+    "sample": ("sample_cmd", "images from a DDPM or DCGAN checkpoint: a grid PNG, and a "
+               "samples file for generate-eval"),
     "generate-eval": ("generate_eval_cmd", "judge generated samples: FID vs the real floor, "
                       "conditional accuracy"),
 }
@@ -50,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.run(args)
     except CnnkitError as exc:
+        # exit 2 for bad input; a run stopped by a signal exits 128 + its number, as shells do.
         print(f"cnnkit {args.command}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print(f"cnnkit {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)

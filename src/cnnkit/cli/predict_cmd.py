@@ -3,16 +3,16 @@ from pathlib import Path
 
 import torch
 
-from cnnkit.cli.eval_cmd import resolve_checkpoint
 from cnnkit.data.imagefolder import decode_image
-from cnnkit.train.checkpoint import load_checkpoint, model_from_checkpoint
-from cnnkit.train.inference import checkpoint_test_images, model_for_precision
+from cnnkit.inference.load import load_model
+from cnnkit.inference.modes import checkpoint_test_images, model_for_precision
 
 AUTO_TEST_IMAGES = 256  # test images that --precision auto checks agreement on, with the given ones
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint file or a run folder (uses its best.pt)")
+    parser.add_argument("checkpoint", help="a checkpoint file or a run folder (its best.pt, else "
+                                           "last.pt)")
     parser.add_argument("images", nargs="+", type=Path, help="PNG/JPEG files, any size or mode")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -21,21 +21,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    model = model_from_checkpoint(ckpt)
-    channels, height, _ = ckpt["image_size"]  # square images
+    loaded = load_model(args.checkpoint, command="`cnnkit predict`")
+    channels, height, _ = loaded.image_shape  # square images
     # Decode every file first: a bad one stops the command before any output.
     images = torch.stack([decode_image(p, channels, height)
                           for p in args.images])  # (N, C, H, W) uint8
-    mean = torch.tensor(ckpt["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(ckpt["std"]).view(1, -1, 1, 1)
-    x = (images.float() / 255 - mean) / std
+    x = loaded.normalise(images)
     check, what = x, f"{len(x)} given image{'s' * (len(x) != 1)}"
     if args.precision == "auto":  # the data set's own images, where on disk, make the check real
-        found = checkpoint_test_images(ckpt, AUTO_TEST_IMAGES)
+        found = checkpoint_test_images(loaded, AUTO_TEST_IMAGES)
         if found is not None:
             check, what = torch.cat([x, found[0]]), f"{what} + {found[1]}"
-    runner, mode_line = model_for_precision(model, args.precision, check, what)
+    runner, mode_line = model_for_precision(loaded.model, args.precision, check, what)
     print(mode_line)
     probs = runner(x).softmax(1)
     k = min(args.topk, probs.shape[1])
@@ -43,5 +40,5 @@ def run(args) -> int:
     for path, p, idx in zip(args.images, top.values, top.indices):
         print(path)
         for prob, cls in zip(p.tolist(), idx.tolist()):
-            print(f"  {ckpt['classes'][cls]:>16}  {100 * prob:6.2f}%")
+            print(f"  {loaded.classes[cls]:>16}  {100 * prob:6.2f}%")
     return 0

@@ -4,7 +4,7 @@ from dataclasses import fields
 
 from cnnkit.cli._args import add_config_arguments, config_from_args
 from cnnkit.train import TrainConfig, train
-from cnnkit.train.distributed import launch
+from cnnkit.engine.distributed import launch
 
 
 def add_arguments(parser) -> None:

@@ -1,12 +1,10 @@
 """`cnnkit visualize filters|activations|saliency|receptive-field`: looking inside a network."""
 from pathlib import Path
 
-import torch
 
 from cnnkit.cli._args import OneLineParser
-from cnnkit.cli.eval_cmd import resolve_checkpoint
 from cnnkit.data.imagefolder import decode_image
-from cnnkit.train.checkpoint import load_checkpoint, model_from_checkpoint
+from cnnkit.inference.load import load_model
 from cnnkit.utils import CnnkitError
 
 
@@ -33,29 +31,25 @@ def add_arguments(parser) -> None:
 
 
 def _model_and_input(args):
-    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    model = model_from_checkpoint(ckpt)
+    loaded = load_model(args.checkpoint, command="`cnnkit visualize`")
     if not hasattr(args, "image"):
-        return model, ckpt, None, None
-    channels, height, _ = ckpt["image_size"]  # square images
+        return loaded.model, loaded, None, None
+    channels, height, _ = loaded.image_shape  # square images
     image = decode_image(args.image, channels, height)  # (C, H, W) uint8
-    mean = torch.tensor(ckpt["mean"]).view(-1, 1, 1)
-    std = torch.tensor(ckpt["std"]).view(-1, 1, 1)
-    x = ((image.float() / 255 - mean) / std)[None]  # (1, C, H, W)
-    return model, ckpt, image, x
+    return loaded.model, loaded, image, loaded.normalise(image[None])  # x: (1, C, H, W)
 
 
 def run(args) -> int:
     if args.what == "receptive-field":
         return _receptive_field(args)
     from cnnkit.viz import inside  # noqa: PLC0415  (matplotlib only when drawing)
-    model, ckpt, image, x = _model_and_input(args)
+    model, loaded, image, x = _model_and_input(args)
     if args.what == "filters":
         out = inside.plot_filters(model, args.output, layer=args.layer)
     elif args.what == "activations":
         out = inside.plot_feature_maps(inside.feature_maps(model, x), image, args.output)
     else:
-        classes = ckpt["classes"]
+        classes = loaded.classes
         if args.target is not None and not 0 <= args.target < len(classes):
             raise CnnkitError(f"--target must be a class index in 0..{len(classes) - 1}")
         sal, target = inside.saliency(model, x, args.target)

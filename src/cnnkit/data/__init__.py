@@ -6,11 +6,11 @@
 from cnnkit.data.array_dataset import ArrayDataset
 from cnnkit.data.augment import BatchAugment
 from cnnkit.data.datasets import (DEFAULT_DATA_DIR, DatasetInfo, get_dataset_info, list_datasets,
-                                  load_dataset)
+                                  load_dataset, register_dataset)
 from cnnkit.data.imagefolder import ImageFolderDataset
 from cnnkit.data.loader import InMemoryLoader, StreamingLoader
 from cnnkit.data.mnist_seq import build_mnist_seq
 
-__all__ = ["ArrayDataset", "DatasetInfo", "list_datasets", "get_dataset_info", "load_dataset",
-           "InMemoryLoader", "BatchAugment", "StreamingLoader", "ImageFolderDataset",
-           "DEFAULT_DATA_DIR", "build_mnist_seq"]
+__all__ = ["ArrayDataset", "DatasetInfo", "register_dataset", "list_datasets", "get_dataset_info",
+           "load_dataset", "InMemoryLoader", "BatchAugment", "StreamingLoader",
+           "ImageFolderDataset", "DEFAULT_DATA_DIR", "build_mnist_seq"]

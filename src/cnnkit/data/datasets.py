@@ -1,123 +1,32 @@
 """The data sets cnnkit knows, and `load_dataset`, which turns any of them into an `ArrayDataset`.
 
-Every data set is decoded once into a uint8 tensor; files are downloaded into
-`data_dir/<name>/` from the official location (or a mirror) and verified by MD5 on every load.
+Each data set is one `register_dataset(DatasetInfo(...))` entry below (see `_registry.py`):
+its files and MD5s, class names, statistics, training recipe and loader. Every data set is
+decoded once into a uint8 tensor; files are downloaded into `data_dir/<name>/` from the official
+location (or a mirror) and verified by MD5 on every load.
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cnnkit.data._registry import DatasetInfo, get_dataset_info, list_datasets, register_dataset
 from cnnkit.data.array_dataset import ArrayDataset, channel_stats, convert_dataset, resize_images
 from cnnkit.data.download import fetch, require_file, resolve_url
 from cnnkit.data.formats import read_cifar10, read_idx, read_idx_pair
 from cnnkit.data.imagefolder import load_imagefolder
-from cnnkit.data.mnist_seq import DIGIT_SIZE, build_mnist_seq
+from cnnkit.data import mnist_seq
 from cnnkit.utils import CnnkitError, suggest
 
 DEFAULT_DATA_DIR = Path("~/.cache/cnnkit").expanduser()
 SPLITS = ("train", "test")
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a data set, for `cnnkit datasets` and for defaults."""
-
-    name: str
-    description: str
-    num_classes: int  # 0: decided by the folder (imagefolder)
-    channels: int
-    image_size: int  # native side in pixels; 0: varies
-    train_size: int
-    test_size: int
-    hflip_ok: bool
-    source: str  # official URL, or where the data comes from
-
-
-_INFOS = {info.name: info for info in [
-    DatasetInfo("cifar10", "32×32 colour photos, 10 classes (Krizhevsky 2009, "
-                "'Learning Multiple Layers of Features from Tiny Images')",
-                10, 3, 32, 50_000, 10_000, True,
-                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
-    DatasetInfo("digits", "8×8 handwritten digits (UCI) upsampled to 28×28; fixed split: "
-                "train_test_split(test_size=0.2, stratify=y, random_state=0)", 10, 1, 28, 1437,
-                360, False, "bundled with scikit-learn"),
-    # A mirrored shirt or shoe is still a shirt or shoe: Zhong et al. 2017 (Random Erasing,
-    # arXiv:1708.04896) train Fashion-MNIST with random flips.
-    DatasetInfo("fashion-mnist", "28×28 grey photos of Zalando articles, 10 classes (Xiao et al. "
-                "2017, arXiv:1708.07747)", 10, 1, 28, 60_000, 10_000, True,
-                "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
-    DatasetInfo("imagefolder", "your images: ROOT/<class>/*.png|jpg, split by ROOT/train + "
-                "ROOT/test (or val) folders, else 80/20 stratified, seed 0", 0, 3, 0, 0, 0, True,
-                "a local folder (data_dir=ROOT)"),
-    DatasetInfo("kmnist", "28×28 cursive Japanese hiragana, 10 classes (Clanuwat et al. 2018, "
-                "arXiv:1812.01718)", 10, 1, 28, 60_000, 10_000, False,
-                "http://codh.rois.ac.jp/kmnist/dataset/kmnist/"),
-    DatasetInfo("mnist", "28×28 handwritten digits (LeCun et al. 1998)", 10, 1, 28, 60_000,
-                10_000, False, "https://ossci-datasets.s3.amazonaws.com/mnist/"),
-    DatasetInfo("mnist-seq", "3–5 MNIST digits side by side on a 28×140 canvas, read as a "
-                "sequence: labels (N, 5), the digits then 10 = end; built on the fly (seeded per "
-                "split) from mnist's files", 11, 1, DIGIT_SIZE, 60_000, 10_000, False,
-                "mnist's four files in data_dir/mnist (fetched as for mnist when missing)"),
-]}
-
-# The four IDX files of each MNIST-like set with their published MD5s (the ones torchvision's
-# datasets/mnist.py checks; MNIST's also in ../shared/datasets/mnist/MD5SUMS).
-_IDX_MD5 = {
-    "mnist": {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-              "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-              "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-              "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
-    "fashion-mnist": {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                      "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-                      "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-                      "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
-    "kmnist": {"train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
-               "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
-               "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
-               "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134"},
-}
-_CIFAR10_FILE = ("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
-
-_CLASSES = {
-    "mnist": [str(d) for d in range(10)],
-    "digits": [str(d) for d in range(10)],
-    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                      "Sneaker", "Bag", "Ankle boot"],
-    # Romanised readings of the ten hiragana (kmnist_classmap.csv of the official release).
-    "kmnist": ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
-}
-
 DIGITS_SIZE, DIGITS_TEST_FRACTION, DIGITS_SEED = 28, 0.2, 0
 # channel_stats() of the 1437 training images of that split (tests/data recomputes them).
 DIGITS_MEAN, DIGITS_STD = 0.3054, 0.3246
-
-# Per-channel training-set mean/std on the 0..1 scale.
-#   mnist: the classic values, re-checked against ../shared/datasets/mnist in tests/data.
-#   fashion-mnist: the published training-set values (0.2860, 0.3530).
-#   cifar10: computed over the 50,000 official training images (as in KellerJordan/airbench).
-#   kmnist: None = computed from its training file at load time (published values disagree).
-_STATS = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "digits": ((DIGITS_MEAN,), (DIGITS_STD,)),
-    "kmnist": None,
-}
-
-
-def list_datasets() -> list[str]:
-    return sorted(_INFOS)
-
-
-def get_dataset_info(name: str) -> DatasetInfo:
-    if name not in _INFOS:
-        raise suggest(name, _INFOS, "data set")
-    return _INFOS[name]
 
 
 def load_dataset(name: str, split: str = "train", *, data_dir: str | Path = DEFAULT_DATA_DIR,
@@ -133,59 +42,180 @@ def load_dataset(name: str, split: str = "train", *, data_dir: str | Path = DEFA
     info = get_dataset_info(name)
     if split not in SPLITS:
         raise suggest(split, SPLITS, "split")
-    data_dir = Path(data_dir).expanduser()
-    if name == "imagefolder":
-        if data_dir == DEFAULT_DATA_DIR:
-            raise CnnkitError("imagefolder needs data_dir (--data-dir) set to your image folder: "
-                              "ROOT/<class>/*.png|jpg, or ROOT/train and ROOT/test")
-        return load_imagefolder(data_dir, split, image_size=image_size, channels=channels or 3,
-                                hflip_ok=info.hflip_ok, quiet=quiet)
-    fetch_options = dict(data_dir=data_dir, mirror=mirror, download=download, quiet=quiet)
-    if name == "mnist-seq":  # mnist's own verified files, same folder: nothing new to download
-        # A square resize would squash the sequence; 28 (the canvas height, what `cnnkit eval`
-        # passes from a checkpoint's image shape) means "native".
-        if image_size not in (None, DIGIT_SIZE):
-            raise CnnkitError(f"mnist-seq images are 28×140 and cannot be resized to "
-                              f"{image_size}×{image_size}; leave --image-size unset")
-        digits, digit_labels = read_idx_pair(*_obtain_idx("mnist", split, **fetch_options))
-        return convert_dataset(build_mnist_seq(digits, digit_labels, split), None, channels)
-    if name == "digits":
-        images, labels = _digits_split(split)
-        classes = _CLASSES[name]
-    elif name == "cifar10":
-        filename, md5 = _CIFAR10_FILE
-        path = _obtain(name, filename, md5, official_base=info.source.rsplit("/", 1)[0],
-                       **fetch_options)
-        images, labels, classes = read_cifar10(path, split)
-    else:
-        images, labels = read_idx_pair(*_obtain_idx(name, split, **fetch_options))
-        classes = _CLASSES[name]
-    if _STATS[name] is not None:
-        mean, std = _STATS[name]
+    return info.loader(info, split, data_dir=Path(data_dir).expanduser(), mirror=mirror,
+                       download=download, image_size=image_size, channels=channels, quiet=quiet)
+
+
+# --- the loaders: (info, split, *, data_dir, mirror, download, image_size, channels, quiet) ---
+
+def _load_idx(info: DatasetInfo, split: str, *, image_size, channels, **fetch_options):
+    """The MNIST family: four gzipped IDX files (LeCun et al. 1998's format) in one folder."""
+    images, labels = read_idx_pair(*_obtain_idx(info, split, **fetch_options))
+    if info.mean is not None:
+        mean, std = info.mean, info.std
     else:  # the training set's statistics, also for the test split
-        images_path, _ = _obtain_idx(name, "train", **fetch_options)
+        images_path, _ = _obtain_idx(info, "train", **fetch_options)
         mean, std = _idx_stats(str(images_path))
-    ds = ArrayDataset(images, labels, classes, name, info.hflip_ok, mean, std)
+    ds = ArrayDataset(images, labels, list(info.classes), info.name, info.hflip_ok, mean, std)
     return convert_dataset(ds, image_size, channels)
+
+
+def _load_cifar10(info: DatasetInfo, split: str, *, image_size, channels, **fetch_options):
+    """The python-pickle tarball; its batches.meta names the classes."""
+    (filename,) = info.files
+    images, labels, classes = read_cifar10(_obtain(info, filename, **fetch_options), split)
+    ds = ArrayDataset(images, labels, classes, info.name, info.hflip_ok, info.mean, info.std)
+    return convert_dataset(ds, image_size, channels)
+
+
+def _load_digits(info: DatasetInfo, split: str, *, image_size, channels, **_fetch_options):
+    """Bundled with scikit-learn: nothing to fetch."""
+    images, labels = _digits_split(split)
+    ds = ArrayDataset(images, labels, list(info.classes), info.name, info.hflip_ok, info.mean,
+                      info.std)
+    return convert_dataset(ds, image_size, channels)
+
+
+def _load_mnist_seq(info: DatasetInfo, split: str, *, image_size, channels, **fetch_options):
+    """mnist's own verified files, same folder: nothing new to download."""
+    # A square resize would squash the sequence; 28 (the canvas height, what `cnnkit eval`
+    # passes from a checkpoint's image shape) means "native".
+    if image_size not in (None, mnist_seq.DIGIT_SIZE):
+        raise CnnkitError(f"mnist-seq images are 28×140 and cannot be resized to "
+                          f"{image_size}×{image_size}; leave --image-size unset")
+    mnist = get_dataset_info("mnist")
+    digits, digit_labels = read_idx_pair(*_obtain_idx(mnist, split, **fetch_options))
+    return convert_dataset(mnist_seq.build_mnist_seq(digits, digit_labels, split), None, channels)
+
+
+def _load_imagefolder(info: DatasetInfo, split: str, *, data_dir, image_size, channels, quiet,
+                      **_fetch_options):
+    """The user's own folder, decoded whole; classes and statistics come from its images."""
+    if data_dir == DEFAULT_DATA_DIR:
+        raise CnnkitError("imagefolder needs data_dir (--data-dir) set to your image folder: "
+                          "ROOT/<class>/*.png|jpg, or ROOT/train and ROOT/test")
+    return load_imagefolder(data_dir, split, image_size=image_size,
+                            channels=channels or info.channels, hflip_ok=info.hflip_ok,
+                            quiet=quiet)
+
+
+# --- the data sets: one entry each ---
+
+# The four IDX files of each MNIST-like set carry their published MD5s (the ones torchvision's
+# datasets/mnist.py checks; MNIST's also in ../shared/datasets/mnist/MD5SUMS).
+# mean/std: per-channel training-set values on the 0..1 scale.
+#   mnist: the classic values, re-checked against ../shared/datasets/mnist in tests/data.
+#   fashion-mnist: the published training-set values (0.2860, 0.3530).
+#   cifar10: computed over the 50,000 official training images (as in KellerJordan/airbench).
+#   kmnist: None = computed from its training file at load time (published values disagree).
+# recipe: the TrainConfig defaults for epochs, batch size and random shift.
+
+register_dataset(DatasetInfo(
+    name="mnist", description="28×28 handwritten digits (LeCun et al. 1998)",
+    num_classes=10, classes=tuple(str(d) for d in range(10)), channels=1, image_size=28,
+    train_size=60_000, test_size=10_000, hflip_ok=False,
+    source="https://ossci-datasets.s3.amazonaws.com/mnist/",
+    files={"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+           "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+           "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+           "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
+    mean=(0.1307,), std=(0.3081,),
+    recipe=dict(epochs=2, batch_size=128, translate=0),  # ≥ 99.2% test in ~7 s on 2 cores
+    loader=_load_idx))
+
+# A mirrored shirt or shoe is still a shirt or shoe: Zhong et al. 2017 (Random Erasing,
+# arXiv:1708.04896) train Fashion-MNIST with random flips.
+register_dataset(DatasetInfo(
+    name="fashion-mnist", description="28×28 grey photos of Zalando articles, 10 classes (Xiao "
+    "et al. 2017, arXiv:1708.07747)",
+    num_classes=10, classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                             "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    channels=1, image_size=28, train_size=60_000, test_size=10_000, hflip_ok=True,
+    source="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    files={"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+           "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+           "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+           "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
+    mean=(0.2860,), std=(0.3530,),
+    recipe=dict(epochs=15, batch_size=128, translate=0),
+    loader=_load_idx))
+
+register_dataset(DatasetInfo(
+    name="kmnist", description="28×28 cursive Japanese hiragana, 10 classes (Clanuwat et al. "
+    "2018, arXiv:1812.01718)",
+    # Romanised readings of the ten hiragana (kmnist_classmap.csv of the official release).
+    num_classes=10, classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+    channels=1, image_size=28, train_size=60_000, test_size=10_000, hflip_ok=False,
+    source="http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
+    files={"train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+           "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+           "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+           "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134"},
+    mean=None, std=None,
+    recipe=dict(epochs=10, batch_size=128, translate=1),
+    loader=_load_idx))
+
+register_dataset(DatasetInfo(
+    name="mnist-seq", description="3–5 MNIST digits side by side on a 28×140 canvas, read as a "
+    "sequence: labels (N, 5), the digits then 10 = end; built on the fly (seeded per split) "
+    "from mnist's files",
+    num_classes=11, classes=tuple(mnist_seq.CLASSES), channels=1,
+    image_size=mnist_seq.DIGIT_SIZE, train_size=60_000, test_size=10_000, hflip_ok=False,
+    source="mnist's four files in data_dir/mnist (fetched as for mnist when missing)",
+    files=get_dataset_info("mnist").files,  # read from data_dir/mnist, not a folder of its own
+    mean=(mnist_seq.MEAN,), std=(mnist_seq.STD,),
+    recipe=dict(epochs=3, batch_size=64, translate=0),  # the attention sequence reader
+    loader=_load_mnist_seq))
+
+register_dataset(DatasetInfo(
+    name="cifar10", description="32×32 colour photos, 10 classes (Krizhevsky 2009, 'Learning "
+    "Multiple Layers of Features from Tiny Images')",
+    num_classes=10, classes=None, channels=3, image_size=32, train_size=50_000,
+    test_size=10_000, hflip_ok=True,
+    source="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    files={"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
+    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+    recipe=dict(epochs=30, batch_size=128, translate=0),
+    loader=_load_cifar10))
+
+register_dataset(DatasetInfo(
+    name="digits", description="8×8 handwritten digits (UCI) upsampled to 28×28; fixed split: "
+    "train_test_split(test_size=0.2, stratify=y, random_state=0)",
+    num_classes=10, classes=tuple(str(d) for d in range(10)), channels=1,
+    image_size=DIGITS_SIZE, train_size=1437, test_size=360, hflip_ok=False,
+    source="bundled with scikit-learn",
+    mean=(DIGITS_MEAN,), std=(DIGITS_STD,),
+    recipe=dict(epochs=30, batch_size=32, translate=2),  # 1,438 images: small batches, shifts
+    loader=_load_digits))
+
+register_dataset(DatasetInfo(
+    name="imagefolder", description="your images: ROOT/<class>/*.png|jpg, split by ROOT/train + "
+    "ROOT/test (or val) folders, else 80/20 stratified, seed 0",
+    num_classes=0, classes=None, channels=3, image_size=0, train_size=0, test_size=0,
+    hflip_ok=True, source="a local folder (data_dir=ROOT)",
+    mean=None, std=None,  # the folder's own training images'
+    recipe=dict(epochs=10, batch_size=128, translate=0),
+    loader=_load_imagefolder))
 
 
 # --- the sources ---
 
-def _obtain(name: str, filename: str, md5: str, *, official_base: str, data_dir: Path,
-            mirror: str | None, download: bool, quiet: bool) -> Path:
-    """The verified path of `filename` in `data_dir/name/`, downloaded first where allowed."""
-    url = resolve_url(official_base, filename, mirror)
-    dest = data_dir / name / filename
+def _obtain(info: DatasetInfo, filename: str, *, data_dir: Path, mirror: str | None,
+            download: bool, quiet: bool) -> Path:
+    """The verified path of `filename` in `data_dir/<name>/`, downloaded first where allowed."""
+    # `source` is the folder holding the files, or (cifar10) the one file's own URL.
+    url = resolve_url(info.source.removesuffix(filename), filename, mirror)
+    dest = data_dir / info.name / filename
+    md5 = info.files[filename]
     return fetch(url, dest, md5, quiet=quiet) if download else require_file(dest, md5, url)
 
 
-def _obtain_idx(name: str, split: str, **fetch_options) -> tuple[Path, Path]:
+def _obtain_idx(info: DatasetInfo, split: str, **fetch_options) -> tuple[Path, Path]:
     """The (images, labels) IDX files of `split`."""
     prefix = "train" if split == "train" else "t10k"
-    names = [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"]
-    paths = [_obtain(name, n, _IDX_MD5[name][n], official_base=_INFOS[name].source,
-                     **fetch_options) for n in names]
-    return paths[0], paths[1]
+    images = _obtain(info, f"{prefix}-images-idx3-ubyte.gz", **fetch_options)
+    labels = _obtain(info, f"{prefix}-labels-idx1-ubyte.gz", **fetch_options)
+    return images, labels
 
 
 @functools.lru_cache(maxsize=4)
@@ -225,3 +255,7 @@ def _digits_all() -> tuple[torch.Tensor, torch.Tensor]:
     values = torch.from_numpy(bunch.images).float().unsqueeze(1)  # (1797, 1, 8, 8), 0..16
     images = (values * (255 / 16)).round().to(torch.uint8)
     return resize_images(images, DIGITS_SIZE), torch.from_numpy(bunch.target).long()
+
+
+__all__ = ["DEFAULT_DATA_DIR", "DatasetInfo", "register_dataset", "list_datasets",
+           "get_dataset_info", "load_dataset", "digits_split_indices", "DIGITS_MEAN", "DIGITS_STD"]

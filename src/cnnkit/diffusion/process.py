@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnkit.diffusion.schedules import beta_schedule
 from cnnkit.utils import CnnkitError
 
 
@@ -127,3 +128,11 @@ class GaussianDiffusion(nn.Module):
         noise = torch.randn_like(x0)
         eps = self.model(self.q_sample(x0, t, noise), t, labels)
         return F.mse_loss(eps.float(), noise.float())
+
+
+def build_process(config: dict, model: nn.Module | None) -> GaussianDiffusion:
+    """The GaussianDiffusion a run used, from its config dict (as saved in the checkpoint),
+    with `num_classes` of its data set."""
+    betas = beta_schedule(config["schedule"], config["timesteps"])
+    num_classes = config["num_classes"] if config["class_conditional"] else 0
+    return GaussianDiffusion(model, betas, num_classes=num_classes, p_uncond=config["p_uncond"])

@@ -115,8 +115,11 @@ def _sample(process, model, shape, labels, guidance, generator, progress, noise,
             eta: float | None, desc: str) -> torch.Tensor:
     device = process.betas.device
     labels = _check_labels(process, labels, guidance, shape[0], device)
+    # Noise is drawn where the generator lives (a CPU generator gives the same images on any
+    # device) and then moved.
+    noise_device = generator.device if generator is not None else device
     if noise is None:
-        noise = torch.randn(shape, generator=generator, device=device)
+        noise = torch.randn(shape, generator=generator, device=noise_device)
     elif tuple(noise.shape) != tuple(shape):
         raise CnnkitError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
     x = noise.to(device=device, dtype=torch.float32)
@@ -132,7 +135,8 @@ def _sample(process, model, shape, labels, guidance, generator, progress, noise,
         else:
             mean, std = ddim_step(process, x, t, torch.full_like(t, t_prev), eps, eta)
         if eta is None or eta > 0:
-            x = mean + std * torch.randn(shape, generator=generator, device=device)
+            x = mean + std * torch.randn(shape, generator=generator,
+                                         device=noise_device).to(device)
         else:
             x = mean
     model.train(was_training)

@@ -4,29 +4,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from cnnkit.engine.checkpoint import FORMAT, read_checkpoint_file
 from cnnkit.utils import CnnkitError
 
 log = logging.getLogger("cnnkit")
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """`torch.load(weights_only=True)` with one-line errors for missing or undecodable files."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.is_file():
-        raise CnnkitError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and unpickler errors all mean the same to the user
-        raise CnnkitError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else 'corrupt file'}") from None
-    if not isinstance(obj, dict):
-        raise CnnkitError(f"{path} is not a checkpoint (a dict of tensors was expected)")
-    return obj
 
 
 def classifier_prefix(model: nn.Module) -> str:
@@ -48,9 +31,15 @@ def load_weights(model: nn.Module, path: str | Path, model_name: str) -> None:
 
     Keys must match exactly; a classifier of another size is left freshly initialised.
     """
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint_file(path)
     state = ckpt
-    if "model" in ckpt and isinstance(ckpt["model"], dict):
+    if ckpt.get("format") == FORMAT:  # a cnnkit checkpoint: the weights of its inference part
+        part = ckpt["spec"]["infer"]
+        other = ckpt["spec"]["models"][part]["name"]
+        if other != model_name:
+            raise CnnkitError(f"{path} holds a '{other}' checkpoint, not '{model_name}'")
+        state = ckpt["models"][part]
+    elif "model" in ckpt and isinstance(ckpt["model"], dict):  # before checkpoint format 1
         other = ckpt.get("model_name")
         if other is not None and other != model_name:
             raise CnnkitError(f"{path} holds a '{other}' checkpoint, not '{model_name}'")

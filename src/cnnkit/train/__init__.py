@@ -1,5 +1,6 @@
-"""Training: config dataclass, schedules, the loop, checkpoints, metrics."""
+"""Training tasks on the shared run engine: classification (`train`), DDPM, DCGAN; their configs,
+schedules, metrics and the learning-rate range test."""
+from cnnkit.train.classify import TrainingDiverged, TrainResult, train
 from cnnkit.train.config import TrainConfig
-from cnnkit.train.trainer import TrainingDiverged, TrainResult, train
 
 __all__ = ["TrainConfig", "train", "TrainResult", "TrainingDiverged"]

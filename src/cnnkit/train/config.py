@@ -4,59 +4,21 @@ Precedence: these defaults < a YAML file (`--config`) < command-line flags.
 """
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-import torch
-
-from cnnkit.utils import CnnkitError, suggest
-
-
-def config_field(default, help: str, choices: tuple | None = None):  # noqa: A002
-    """A dataclass field with a default and the help text its generated CLI flag shows."""
-    factory = {"default_factory": default} if callable(default) else {"default": default}
-    return field(**factory, metadata={"help": help, "choices": choices})
-
-
-# The default recipe per data set: values for the fields left at None. The digits and mnist recipes
-# are measured (docs/benchmarks.md); the others are reasonable starting points, not yet tuned.
-RECIPES: dict[str, dict[str, Any]] = {
-    "digits": dict(epochs=30, batch_size=32, translate=2),  # 1,438 images: small batches, shifts
-    "mnist": dict(epochs=2, batch_size=128, translate=0),  # ≥ 99.2% test in ~7 s on 2 cores
-    "mnist-seq": dict(epochs=3, batch_size=64, translate=0),  # the attention sequence reader
-    "fashion-mnist": dict(epochs=15, batch_size=128, translate=0),
-    "kmnist": dict(epochs=10, batch_size=128, translate=1),
-    "cifar10": dict(epochs=30, batch_size=128, translate=0),
-}
-DEFAULT_RECIPE: dict[str, Any] = dict(epochs=10, batch_size=128, translate=0)
-
-
-class ConfigBase:
-    """What every cnnkit config dataclass shares (training, DDPM, DCGAN): a plain-dict round
-    trip for config.yaml and checkpoints, and the choices of `config_field` enforced."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]):
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                raise suggest(key, known, "config key")
-        return cls(**values)
-
-    def check_choices(self) -> None:
-        """Raise a CnnkitError with the closest choice for a field outside its choices."""
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise suggest(value, choices, f.name.replace("_", "-"))
+from cnnkit.data import get_dataset_info
+from cnnkit.engine.config import RunConfig, config_field
+from cnnkit.utils import CnnkitError
 
 
 @dataclass
-class TrainConfig(ConfigBase):
+class TrainConfig(RunConfig):
+    """`cnnkit train`: a classifier (or the attention sequence reader) on a data set."""
+    fixed_on_resume: ClassVar[tuple[str, ...]] = (
+        "model", "backend", "model_args", "dataset", "data_dir", "image_size", "train_limit",
+        "val_fraction", "batch_size", "accumulate", "seed", "stream")
+
     # --- what to train on ---
     model: str = config_field("lenet", "registered model name (see `cnnkit models`)")
     backend: str = config_field("torch", "conv/pool layers: torch's, or cnnkit's from-scratch ops (lenet)",
@@ -85,8 +47,6 @@ class TrainConfig(ConfigBase):
     label_smoothing: float = config_field(0.0, "label smoothing of the cross-entropy loss")
     grad_clip: float = config_field(0.0, "clip the gradient norm to this value (0: off)")
     accumulate: int = config_field(1, "batches per optimiser step (gradient accumulation): the step's batch is N × batch size")
-    max_epochs: int | None = config_field(None, "stop after this many epochs in all, with a checkpoint; the schedule keeps --epochs; --resume continues")
-    max_time: float | None = config_field(None, "stop after this many minutes of training (at a step boundary, with a checkpoint); --resume continues")
     early_stop: int = config_field(0, "stop after this many epochs without improvement of `monitor` (0: off)")
     monitor: str = config_field("val_acc", "metric for best.pt and early stopping", ("val_acc", "val_loss"))
     # --- augmentation (whole-batch tensor ops) ---
@@ -94,27 +54,17 @@ class TrainConfig(ConfigBase):
     translate: int | None = config_field(None, "random translation by up to this many pixels (default: recipe)")
     hflip: bool = config_field(True, "random horizontal flip where the data set allows it")
     # --- speed and reproducibility ---
-    precision: str = config_field("auto", "bf16 autocast, fp32, or auto: bf16 where the CPU computes it natively",
-                        ("auto", "fp32", "bf16"))
     channels_last: bool = config_field(True, "NHWC memory format (faster oneDNN convolutions on CPU)")
-    threads: int = config_field(0, "torch threads (0: torch's default)")
-    seed: int = config_field(0, "seed for initialisation, split, shuffling and augmentation")
-    deterministic: bool = config_field(False, "deterministic algorithms only: bit-identical reruns")
     sync_bn: bool = config_field(False, "distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm)")
-    # --- output ---
-    out_dir: str = config_field("runs", "where run folders are created")
-    name: str | None = config_field(None, "run folder name (default: <model>-<dataset>-<time>)")
-    resume: str | None = config_field(None, "continue the run in this folder (or from this checkpoint)")
-    quiet: bool = config_field(False, "no progress bars")
 
     def recipe(self) -> dict[str, Any]:
         """The fields this config leaves at None, with the data set's recipe values."""
-        values = RECIPES.get(self.dataset, DEFAULT_RECIPE)
+        values = get_dataset_info(self.dataset).recipe
         return {k: v for k, v in values.items() if getattr(self, k) is None}
 
     def validate(self) -> "TrainConfig":
         """Check the values argparse cannot check; raise CnnkitError naming the field."""
-        self.check_choices()
+        super().validate()
         positive = {"batch_size": self.batch_size, "lr": self.lr, "epochs": self.epochs}
         for key, value in positive.items():
             if value is not None and value <= 0:
@@ -127,37 +77,13 @@ class TrainConfig(ConfigBase):
             raise CnnkitError(f"--train-limit must be at least 2 images, got {self.train_limit}")
         if self.accumulate < 1:
             raise CnnkitError(f"--accumulate must be at least 1, got {self.accumulate}")
-        if self.max_epochs is not None and self.max_epochs < 1:
-            raise CnnkitError(f"--max-epochs must be at least 1, got {self.max_epochs}")
-        if self.max_time is not None and not self.max_time > 0:
-            raise CnnkitError(f"--max-time must be a positive number of minutes, got "
-                              f"{self.max_time}")
         if self.early_stop and self.val_fraction == 0:
             raise CnnkitError("--early-stop needs a validation split (--val-fraction > 0)")
         return self
 
-    def resolved_precision(self) -> str:
-        if self.precision != "auto":
-            return self.precision
-        return "bf16" if native_bf16() else "fp32"
-
     def resolve(self) -> "TrainConfig":
-        """Replace the 'depends on the machine or data set' defaults by their values."""
+        """Fill the fields left to the data set's recipe (device and precision: the engine)."""
         self.validate()
         for key, value in self.recipe().items():
             setattr(self, key, value)
-        self.precision = self.resolved_precision()
         return self
-
-
-
-def native_bf16() -> bool:
-    """True on CPUs with AMX or AVX512-BF16, where bf16 autocast is faster than fp32."""
-    try:
-        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    except AttributeError:  # private helpers: absent on other builds means "don't know"
-        return False
-
-
-def default_of(f) -> Any:
-    return f.default_factory() if f.default is MISSING else f.default

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from cnnkit.train.config import TrainConfig, config_field
-from cnnkit.train.trainer import TrainResult, train
+from cnnkit.train.classify import TrainResult, train
 from cnnkit.utils import CnnkitError, atomic_write_text
 
 VARIANTS = ("simple_cnn_scheme1", "simple_cnn_scheme2", "simple_cnn_nobn")

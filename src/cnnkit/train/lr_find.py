@@ -17,13 +17,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from cnnkit.models import create_model
 from cnnkit.train.config import TrainConfig
-from cnnkit.train.metrics import autocast, token_loss
-from cnnkit.train.trainer import load_data, make_loader, make_optimizer, set_reproducibility
+from cnnkit.engine.device import to_device
+from cnnkit.engine.run import Run
+from cnnkit.train.classify import load_data, make_loader, make_optimizer
+from cnnkit.train.metrics import token_loss
 from cnnkit.utils import CnnkitError, atomic_write_text
 
 SKIP_FRACTION = 0.1  # the first 10% of the steps are warm-up noise, never a suggestion
@@ -62,48 +62,10 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
     if config.resume:
         raise CnnkitError("lr-find trains fresh weights and cannot --resume a run; drop --resume")
     # No validation split: every training image may be probed; early stopping needs none either.
-    config = replace(config, val_fraction=0.0, early_stop=0).resolve()
-    set_reproducibility(config)
-    train_set, _, _, model_kwargs = load_data(config)
-    model = create_model(config.model, **model_kwargs)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format).train()
-    optimizer = make_optimizer(config, model)
-    loader = make_loader(train_set, config.batch_size, config, train=True)
-    if len(loader) == 0:
-        raise CnnkitError(f"--batch-size {config.batch_size} is larger than the training set "
-                          f"({len(train_set)} images)")
-
-    schedule = geometric_lrs(start_lr, end_lr, num_steps)
-    every = max(1, num_steps // 10)
-    log(f"lr range test: {config.model} on {config.dataset} ({len(train_set)} images, batch "
-        f"{config.batch_size}, {config.optimizer}, {config.precision}), {num_steps} steps from "
-        f"{start_lr:.1e} to {end_lr:.1e}")
-    log(" step        lr      loss  smoothed")
-    lrs, losses, smoothed = [], [], []
-    avg, best, stopped_early = 0.0, math.inf, False
-    batches = _endless(loader)
-    for step, lr in enumerate(schedule):
-        x, y = next(batches)
-        loss = _train_step(model, optimizer, x, y, lr, config)
-        if not math.isfinite(loss):  # nothing to average: the previous point already says enough
-            log(f"{step:5d}  {lr:.2e}  loss became {loss}: stopping")
-            stopped_early = True
-            break
-        avg = smoothing * avg + (1 - smoothing) * loss
-        value = avg / (1 - smoothing ** (step + 1))  # bias correction (as in Adam)
-        lrs.append(lr)
-        losses.append(loss)
-        smoothed.append(value)
-        diverged = value > diverge * best
-        if step % every == 0 or diverged or step == num_steps - 1:
-            log(f"{step:5d}  {lr:.2e}  {loss:8.4f}  {value:8.4f}")
-        if diverged:
-            log(f"smoothed loss {value:.4f} > {diverge:g} × best {best:.4f}: stopping")
-            stopped_early = True
-            break
-        best = min(best, value)
-
+    config = replace(config, val_fraction=0.0, early_stop=0)
+    with Run.open(config, task="classify", prefix="lr-find", log=log, folder=False) as run:
+        lrs, losses, smoothed, stopped_early = _range_test(run, run.config, start_lr, end_lr,
+                                                           num_steps, smoothing, diverge, log)
     suggestion, rule, min_loss_lr = suggest_lr(lrs, smoothed)
     result = LrFindResult(lrs, losses, smoothed, suggestion, rule, stopped_early, min_loss_lr)
     if suggestion is None:
@@ -117,6 +79,56 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
         result.plot = plot_lr_find(result, out)
         result.table = write_csv(result, Path(out).with_suffix(".csv"))
     return result
+
+
+def _range_test(run: Run, config: TrainConfig, start_lr, end_lr, num_steps, smoothing, diverge,
+                log):
+    """The test's loop: one engine step per learning rate; returns the curve and the stop."""
+    train_set, _, _, model_kwargs = load_data(config)
+    model = create_model(config.model, **model_kwargs)
+    model, _ = run.prepare(model, channels_last=config.channels_last)
+    model.train()
+    optimizer = make_optimizer(config, model)
+    loader = make_loader(train_set, config.batch_size, config, train=True)
+    if len(loader) == 0:
+        raise CnnkitError(f"--batch-size {config.batch_size} is larger than the training set "
+                          f"({len(train_set)} images)")
+
+    schedule = geometric_lrs(start_lr, end_lr, num_steps)
+    every = max(1, num_steps // 10)
+    log(f"lr range test: {config.model} on {config.dataset} ({len(train_set)} images, batch "
+        f"{config.batch_size}, {config.optimizer}, {run.precision}), {num_steps} steps from "
+        f"{start_lr:.1e} to {end_lr:.1e}")
+    log(" step        lr      loss  smoothed")
+    lrs, losses, smoothed = [], [], []
+    avg, best, stopped_early = 0.0, math.inf, False
+    batches = _endless(loader)
+    for step, lr in enumerate(schedule):
+        x, y = to_device(next(batches), run.device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with run.autocast():
+            logits = model(x)
+        loss = token_loss(logits.float(), y, label_smoothing=config.label_smoothing)
+        if not math.isfinite(loss.item()):  # nothing to average: the last point says enough
+            log(f"{step:5d}  {lr:.2e}  loss became {loss.item()}: stopping")
+            stopped_early = True
+            break
+        value = run.step(loss, optimizer, clip=config.grad_clip)  # the loss before the step
+        avg = smoothing * avg + (1 - smoothing) * value
+        value_smoothed = avg / (1 - smoothing ** (step + 1))  # bias correction (as in Adam)
+        lrs.append(lr)
+        losses.append(value)
+        smoothed.append(value_smoothed)
+        diverged = value_smoothed > diverge * best
+        if step % every == 0 or diverged or step == num_steps - 1:
+            log(f"{step:5d}  {lr:.2e}  {value:8.4f}  {value_smoothed:8.4f}")
+        if diverged:
+            log(f"smoothed loss {value_smoothed:.4f} > {diverge:g} × best {best:.4f}: stopping")
+            stopped_early = True
+            break
+        best = min(best, value_smoothed)
+    return lrs, losses, smoothed, stopped_early
 
 
 def geometric_lrs(start_lr: float, end_lr: float, num_steps: int) -> list[float]:
@@ -176,24 +188,6 @@ def _endless(loader):
         loader.set_epoch(epoch)
         yield from loader
         epoch += 1
-
-
-def _train_step(model: nn.Module, optimizer, x, y, lr: float, config: TrainConfig) -> float:
-    """One step of `cnnkit train`'s loop at a constant lr; returns the loss before the step."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    with autocast(config.precision):
-        logits = model(x)
-    loss = token_loss(logits.float(), y, label_smoothing=config.label_smoothing)
-    value = loss.item()
-    if not math.isfinite(value):
-        return value
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if config.grad_clip > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    optimizer.step()
-    return value
 
 
 def write_csv(result: LrFindResult, path: str | Path) -> Path:

@@ -1,12 +1,13 @@
 """Classification metrics from one pass over a loader: loss, top-1/top-5, confusion, per-class P/R/F1."""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cnnkit.engine.device import autocast
 
 
 @dataclass
@@ -50,11 +51,6 @@ def _safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(b > 0, a / torch.where(b > 0, b, 1.0), 0.0)
 
 
-def autocast(precision: str):
-    """bf16 autocast on the CPU (uses AMX where the CPU has it); fp32 is a no-op."""
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-
-
 def token_loss(logits: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
     """Cross-entropy of logits (B, K) with labels (B,), or per token of (B, T, K) with (B, T)."""
     return F.cross_entropy(logits.flatten(0, -2), y.flatten(), **kwargs)
@@ -79,8 +75,11 @@ def evaluate(model: nn.Module, loader, num_classes: int, *, precision: str = "fp
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64)
     outputs = []
     k = min(5, num_classes)
+    # Batches go where the model is (a parameter-free module stays on the CPU).
+    device = next(model.parameters(), torch.empty(0)).device
     for x, y in loader:
-        with autocast(precision):
+        x, y = x.to(device), y.to(device)
+        with autocast(precision, device.type):
             logits = model(x)
         logits = logits.float()
         exact += exact_matches(logits, y)
@@ -89,7 +88,8 @@ def evaluate(model: nn.Module, loader, num_classes: int, *, precision: str = "fp
         topk = flat_logits.topk(k, dim=1).indices  # (B·T, k)
         top1 += (topk[:, 0] == flat_y).sum().item()
         top5 += (topk == flat_y[:, None]).any(1).sum().item()
-        confusion += torch.bincount(flat_y * num_classes + topk[:, 0], minlength=num_classes ** 2)
+        confusion += torch.bincount(flat_y * num_classes + topk[:, 0],
+                                    minlength=num_classes ** 2).cpu()
         count, tokens = count + len(y), tokens + len(flat_y)
         if keep_outputs:
             outputs.append(logits.log_softmax(-1))

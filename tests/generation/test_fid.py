@@ -6,7 +6,7 @@ import torch
 
 from cnnkit.data import load_dataset
 from cnnkit.train import TrainConfig, train
-from cnnkit.train.generative_eval import (conditional_accuracy, features, fid, frechet_distance,
+from cnnkit.generation.fid import (conditional_accuracy, features, fid, frechet_distance,
                                           load_classifier, statistics)
 from cnnkit.utils import CnnkitError
 

@@ -1,7 +1,7 @@
 """Inference modes against eager fp32 as the oracle, on real images (digits, CIFAR-10 photos)."""
 import io
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -12,12 +12,14 @@ from torch import nn
 from cnnkit.data import load_dataset
 from cnnkit.models import create_model
 from cnnkit.train import TrainConfig, train
-from cnnkit.train.checkpoint import load_checkpoint, model_from_checkpoint
-from cnnkit.train.inference import (CIFAR10_TEST_ZIP, EAGER_MODES, InferenceModel, agreement,
+from cnnkit.inference.load import LoadedModel, load_model
+from cnnkit.inference.modes import (EAGER_MODES, InferenceModel, agreement,
                                     checkpoint_test_images, choose_mode, compare_modes, measure,
                                     photo_images, prepare)
 from cnnkit.utils import CnnkitError
 from tests.conftest import DATASETS
+
+CIFAR10_TEST_ZIP = DATASETS / "cifar10-jpg" / "test.zip"
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +29,10 @@ def trained(tmp_path_factory):
     config = TrainConfig(dataset="digits", epochs=3, batch_size=64, quiet=True, threads=1,
                          out_dir=str(out), name="lenet")
     train(config, log=lambda *_: None)
-    ckpt = load_checkpoint(out / "lenet" / "best.pt")
+    ckpt = load_model(out / "lenet" / "best.pt")
     test = load_dataset("digits", "test")
-    images = (test.images.float() / 255 - ckpt["mean"][0]) / ckpt["std"][0]  # (360, 1, 28, 28)
-    return ckpt, model_from_checkpoint(ckpt), images
+    images = (test.images.float() / 255 - ckpt.mean[0]) / ckpt.std[0]  # (360, 1, 28, 28)
+    return ckpt, ckpt.model, images
 
 
 def test_eager_modes_compute_the_fp32_function(trained):
@@ -128,8 +130,8 @@ def test_checkpoint_test_images(trained, tmp_path):
     index = torch.linspace(0, 359, 64).round().long()
     torch.testing.assert_close(got, images[index])  # evenly spaced, normalised as trained
     # A data set that is not on disk is never downloaded: no images instead.
-    offline = {**ckpt, "config": {**ckpt["config"], "dataset": "mnist",
-                                  "data_dir": str(tmp_path / "empty")}}
+    offline = replace(ckpt, config={**ckpt.config, "dataset": "mnist",
+                                    "data_dir": str(tmp_path / "empty")})
     assert checkpoint_test_images(offline, 64) is None
     assert not (tmp_path / "empty").exists()
 
@@ -148,8 +150,8 @@ def _cifar_folder(root, per_class):
 def test_checkpoint_test_images_of_an_image_folder(tmp_path):
     folder = _cifar_folder(tmp_path / "cifar", per_class=5)
     config = asdict(TrainConfig(model="resnet18", dataset="imagefolder", data_dir=str(folder)))
-    ckpt = {"config": config, "image_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5),
-            "std": (0.25, 0.25, 0.25)}
+    ckpt = LoadedModel(nn.Identity(), "classify", "resnet18", [], (0.5, 0.5, 0.5),
+                       (0.25, 0.25, 0.25), (3, 32, 32), config, {}, tmp_path / "best.pt")
     got, what = checkpoint_test_images(ckpt, 100)
     assert what == "10 imagefolder test images"  # the automatic 80/20 split: 1 of 5 per class
     assert got.shape == (10, 3, 32, 32)
@@ -157,8 +159,8 @@ def test_checkpoint_test_images_of_an_image_folder(tmp_path):
 
 
 def test_photo_images_are_real_cifar_photos():
-    got, what = photo_images(10, 3, 32, 32)
-    assert "10 CIFAR-10 test photos" in what and got.shape == (10, 3, 32, 32)
+    got, what = photo_images(10, 3, 32, 32, source=CIFAR10_TEST_ZIP)
+    assert f"10 photos from {CIFAR10_TEST_ZIP}" in what and got.shape == (10, 3, 32, 32)
     # Oracle: the same 10 files (evenly spaced by sorted name) decoded by PIL directly and
     # normalised by their own per-channel mean and std.
     with zipfile.ZipFile(CIFAR10_TEST_ZIP) as archive:
@@ -169,6 +171,6 @@ def test_photo_images_are_real_cifar_photos():
     mean, std = pixels.mean(axis=(0, 1, 2)), pixels.std(axis=(0, 1, 2))
     expected = torch.from_numpy((pixels - mean) / std).permute(0, 3, 1, 2).float()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    grey, _ = photo_images(3, 1, 48, 40)  # grey, non-square: one resize
+    grey, _ = photo_images(3, 1, 48, 40, source=CIFAR10_TEST_ZIP)  # grey, non-square: one resize
     assert grey.shape == (3, 1, 48, 40)
     assert photo_images(3, 3, 32, 32, source=DATASETS / "no-such.zip") is None

@@ -4,9 +4,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnkit.gan import Discriminator, Generator, generate, to_uint8
-from cnnkit.gan.dcgan import base_side
-from cnnkit.gan.train import GanConfig, train_gan
+from cnnkit.generation import to_uint8
+from cnnkit.generation.sample import Sampler, generate
+from cnnkit.models.dcgan import Discriminator, Generator, base_side
+from cnnkit.train.dcgan import GanConfig, train_gan
 from cnnkit.utils import CnnkitError
 
 SIZES = [(28, 1), (32, 3)]
@@ -119,10 +120,12 @@ def test_generate_is_seeded_uint8_and_matches_to_uint8():
     torch.manual_seed(0)
     g = Generator(ngf=16, num_classes=10)
     labels = torch.arange(6) % 10
-    a = generate(g, 6, labels=labels, generator_rng=torch.Generator().manual_seed(1), batch_size=4)
-    b = generate(g, 6, labels=labels, generator_rng=torch.Generator().manual_seed(1))
+    sampler = Sampler("dcgan", g, [str(i) for i in range(10)], (1, 28, 28), 10)
+    a = to_uint8(generate(sampler, 6, labels=labels, seed=1, batch_size=4))
+    b = to_uint8(generate(sampler, 6, labels=labels, seed=1, batch_size=4))
+    c = to_uint8(generate(sampler, 6, labels=labels, seed=2, batch_size=4))
     assert a.dtype == torch.uint8 and a.shape == (6, 1, 28, 28) and torch.equal(a, b)
-    assert g.training  # restored
+    assert not torch.equal(a, c)  # the seed decides the noise
     assert torch.equal(to_uint8(torch.tensor([-1.0, 0.0, 1.0])), torch.tensor([0, 128, 255],
                                                                              dtype=torch.uint8))
 
@@ -144,11 +147,12 @@ def test_train_writes_run_folder_and_resumes_exactly(tmp_path):
                         log=lambda *a: None)
     a = torch.load(straight.run_dir / "last.pt", weights_only=True)
     b = torch.load(resumed.run_dir / "last.pt", weights_only=True)
-    assert b["epoch"] == 1 and b["step"] == a["step"] == 2 * 5  # 1437 // 256 = 5 steps an epoch
+    assert b["position"]["epochs_done"] == 2
+    assert b["position"]["step"] == a["position"]["step"] == 2 * 5  # 1437 // 256 = 5 an epoch
     for net in ("generator", "discriminator"):
-        for key, value in a[net].items():
-            assert torch.equal(value, b[net][key]), f"{net}.{key}"
-    assert a["step_losses"] == b["step_losses"]
+        for key, value in a["models"][net].items():
+            assert torch.equal(value, b["models"][net][key]), f"{net}.{key}"
+    assert a["extra"]["step_losses"] == b["extra"]["step_losses"]
 
     with pytest.raises(CnnkitError, match="already holds a run"):
         train_gan(_tiny(tmp_path, epochs=1, name="straight"), log=lambda *a: None)

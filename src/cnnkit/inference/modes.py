@@ -29,8 +29,8 @@ from torch import nn
 from cnnkit.data import load_dataset
 from cnnkit.data.array_dataset import channel_stats
 from cnnkit.data.imagefolder import IMAGE_EXTENSIONS, decode_image, split_files
-from cnnkit.train.config import native_bf16
-from cnnkit.train.metrics import autocast
+from cnnkit.engine.device import autocast, native_bf16
+from cnnkit.inference.load import LoadedModel
 from cnnkit.utils import CnnkitError
 
 EAGER_MODES = ("fp32", "channels_last", "bf16")
@@ -38,9 +38,6 @@ MODES = (*EAGER_MODES, "compile")
 MIN_AGREEMENT = 0.995
 # A mode must beat fp32 by this factor to be chosen: below it the gain is within timing noise.
 MIN_SPEEDUP = 1.05
-# Real photos for models without a data set (random weights): the CIFAR-10 test set as JPEGs.
-SHARED_DATASETS = Path(__file__).resolve().parents[3].parent / "shared" / "datasets"
-CIFAR10_TEST_ZIP = SHARED_DATASETS / "cifar10-jpg" / "test.zip"
 
 
 class InferenceModel(nn.Module):
@@ -228,15 +225,15 @@ def choose_mode(model: nn.Module, images, *, min_agreement: float = MIN_AGREEMEN
 
 # --- real images to check agreement on ---
 
-def checkpoint_test_images(ckpt: dict, limit: int) -> tuple[torch.Tensor, str] | None:
-    """Up to `limit` test images of the checkpoint's data set, evenly spaced over the split and
+def checkpoint_test_images(loaded: LoadedModel, limit: int) -> tuple[torch.Tensor, str] | None:
+    """Up to `limit` test images of the run's data set, evenly spaced over the split and
     normalised as the model was trained: (float (N, C, H, W), a description), or None when the
     data set cannot be read without a download."""
-    config = ckpt.get("config") or {}
+    config = loaded.config
     name = config.get("dataset")
     if not name or limit < 1:
         return None
-    channels, size, _ = ckpt["image_size"]
+    channels, size, _ = loaded.image_shape
     data_dir = Path(config.get("data_dir") or "~/.cache/cnnkit").expanduser()
     try:
         if name == "imagefolder":  # decode only the chosen files, not a whole (large) folder
@@ -249,12 +246,12 @@ def checkpoint_test_images(ckpt: dict, limit: int) -> tuple[torch.Tensor, str] |
             images = data.images[_evenly_spaced(len(data), limit)]
     except (CnnkitError, OSError):
         return None
-    return _normalise(images, ckpt["mean"], ckpt["std"]), f"{len(images)} {name} test images"
+    return loaded.normalise(images), f"{len(images)} {name} test images"
 
 
 def photo_images(count: int, channels: int, height: int, width: int,
-                 source: Path = CIFAR10_TEST_ZIP) -> tuple[torch.Tensor, str] | None:
-    """`count` real photos (a zip or a folder of images; default: CIFAR-10's test set), evenly
+                 source: Path) -> tuple[torch.Tensor, str] | None:
+    """`count` real photos (a zip or a folder of images, e.g. CIFAR-10's test set), evenly
     spaced over its sorted file names, decoded by cnnkit.data and resized to height × width,
     normalised by their own channel statistics. None when `source` does not exist."""
     source = Path(source)
@@ -278,7 +275,7 @@ def photo_images(count: int, channels: int, height: int, width: int,
         batch = F.interpolate(batch.float(), size=(height, width), mode="bilinear",
                               antialias=True).round().clamp(0, 255).to(torch.uint8)
     mean, std = channel_stats(batch)
-    what = "CIFAR-10 test photos" if source == CIFAR10_TEST_ZIP else f"photos from {source}"
+    what = f"photos from {source}"
     return _normalise(batch, mean, std), f"{len(batch)} {what} resized to {height}×{width}"
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cnnkit.layers import ConvNormAct, get_act, get_norm
+from cnnkit.models._registry import register_model
 from cnnkit.utils import CnnkitError
 
 
@@ -74,6 +75,8 @@ class Generator(nn.Module):
     through Tanh, without BatchNorm.
     """
 
+    generative = True  # not a classifier: the classifier zoo tests skip it
+
     def __init__(self, nz: int = 100, *, img_size: int = 28, channels: int = 1, ngf: int = 64,
                  num_classes: int = 0, embed_dim: int = 10):
         super().__init__()
@@ -110,6 +113,8 @@ class Discriminator(nn.Module):
     the loss is BCE-with-logits, numerically safer than sigmoid + BCE).
     """
 
+    generative = True
+
     def __init__(self, *, img_size: int = 28, channels: int = 1, ndf: int = 64,
                  num_classes: int = 0):
         super().__init__()
@@ -138,23 +143,15 @@ class Discriminator(nn.Module):
         return self.head(self.blocks(x)).flatten()  # (B,)
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] → uint8 0..255 images, the format of data sets and evaluation."""
-    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+# --- registered variants (the GAN pair; `cnnkit gan train` builds them from its config) ---
+
+@register_model(input_size=(100,), test_kwargs={"img_size": 28})
+def dcgan_generator(**kwargs) -> Generator:
+    """z (B, 100) → 28×28 grey images (MNIST); `img_size`, `channels`, `ngf` resize it."""
+    return Generator(**kwargs)
 
 
-@torch.inference_mode()
-def generate(generator: Generator, n: int, *, labels: torch.Tensor | None = None,
-             generator_rng: torch.Generator | None = None, batch_size: int = 500) -> torch.Tensor:
-    """n uint8 samples (n, C, H, W) from `generator` in eval mode (BatchNorm running statistics),
-    drawn in batches; noise from `generator_rng` so that a seed fixes the samples."""
-    was_training = generator.training
-    generator.eval()
-    out = []
-    for start in range(0, n, batch_size):
-        count = min(batch_size, n - start)
-        z = torch.randn(count, generator.nz, generator=generator_rng)  # (b, nz)
-        batch_labels = labels[start:start + count] if labels is not None else None
-        out.append(to_uint8(generator(z, batch_labels)))
-    generator.train(was_training)
-    return torch.cat(out)
+@register_model(input_size=(1, 28, 28), test_kwargs={"img_size": 28})
+def dcgan_discriminator(**kwargs) -> Discriminator:
+    """28×28 grey images → one real/fake logit each; `img_size`, `channels`, `ndf` resize it."""
+    return Discriminator(**kwargs)

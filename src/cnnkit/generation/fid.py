@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cnnkit.models._weights import classifier_prefix
-from cnnkit.train.checkpoint import load_checkpoint, model_from_checkpoint
+from cnnkit.inference.load import load_model
 from cnnkit.utils import CnnkitError
 
 
@@ -41,11 +41,10 @@ class Classifier:
 
 def load_classifier(path: str | Path) -> Classifier:
     """A `cnnkit train` checkpoint (file or run folder) as a Classifier in eval mode."""
-    ckpt = load_checkpoint(path)
-    config = ckpt.get("config", {})
-    return Classifier(model_from_checkpoint(ckpt), tuple(ckpt["mean"]), tuple(ckpt["std"]),
-                      tuple(ckpt["image_size"]), list(ckpt["classes"]),
-                      config.get("dataset", ""), config.get("data_dir", "~/.cache/cnnkit"))
+    loaded = load_model(path, command="`cnnkit generate-eval --classifier`")
+    return Classifier(loaded.model, loaded.mean, loaded.std, loaded.image_shape, loaded.classes,
+                      loaded.config.get("dataset", ""),
+                      loaded.config.get("data_dir", "~/.cache/cnnkit"))
 
 
 def check_images(classifier: Classifier, images: torch.Tensor, what: str = "images") -> None:

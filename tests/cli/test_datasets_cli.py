@@ -1,0 +1,23 @@
+"""`cnnkit datasets` as a user runs it: every registered data set, its counts and its recipe."""
+from cnnkit.data import get_dataset_info, list_datasets
+from tests.cli._run import cnnkit
+
+
+def test_lists_every_registered_data_set_with_counts_and_recipe():
+    proc = cnnkit("datasets")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    rows = {line.split()[0]: i for i, line in enumerate(lines) if not line.startswith(" ")}
+    assert set(rows) == {"name", *list_datasets()}  # a header, then one row per entry
+    for name in list_datasets():
+        info = get_dataset_info(name)
+        row, description, recipe = lines[rows[name]:rows[name] + 3]
+        counts = [f"{n:,}" if n else "-" for n in (info.train_size, info.test_size)]
+        assert row.split()[1:5] == [str(info.num_classes or "any"),
+                                    f"{info.channels}×{info.image_size}" if info.image_size
+                                    else "any", *counts], row
+        assert row.endswith(info.source) and description.strip() == info.description
+        assert recipe.strip().startswith(f"recipe: {info.recipe['epochs']} epochs, "
+                                         f"batch {info.recipe['batch_size']}"), recipe
+    assert "recipe: 30 epochs, batch 32, shift ±2 px" in proc.stdout  # digits
+    assert "recipe: 2 epochs, batch 128\n" in proc.stdout  # mnist: no shift, not worded
