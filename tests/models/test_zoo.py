@@ -2,6 +2,8 @@
 
 Adding a model adds no test code: output shape, finite values, a gradient for every parameter,
 and — where ../shared/reference has one — the reference parameter count and state_dict layout.
+Classifiers give (N, classes); sequence readers (N, max_len, classes); dense predictors
+(`dense_output`, segmentation) (N, classes, H', W'), H' = H unless the model says otherwise.
 """
 import json
 
@@ -33,8 +35,12 @@ def test_forward_backward_small_input(name):
         pytest.skip("a denoiser, not a classifier: tested in its own file")
     x = torch.randn(2, *cfg["test_input_size"])
     out = model.train()(x)
-    # sequence readers (e.g. cnn_attention_seq) emit one distribution per output position
-    expected = (2, model.max_len, 7) if getattr(model, "sequence_output", False) else (2, 7)
+    expected = (2, 7)
+    if getattr(model, "sequence_output", False):  # one distribution per output position
+        expected = (2, model.max_len, 7)
+    elif getattr(model, "dense_output", False):  # segmentation: one per pixel, (N, K, H', W')
+        size = model.output_size(*x.shape[-2:]) if hasattr(model, "output_size") else x.shape[-2:]
+        expected = (2, 7, *size)
     assert out.shape == expected
     assert torch.isfinite(out).all()
     out.logsumexp(1).sum().backward()  # touches every logit, so every parameter

@@ -11,6 +11,11 @@ Small images: `small_input=True` sets stride 1 in the stem conv and in the first
 (as CIFAR ports of MobileNetV2 do, e.g. kuangliu/pytorch-cifar), so the network downsamples by 8
 instead of 32: a 32×32 image ends on a 4×4 map instead of 1×1. No parameter changes shape, so
 ImageNet checkpoints still load.
+
+Dense prediction: MobileNetV3's `dilated=True` (torchvision's keyword, used by its DeepLabV3 and
+LR-ASPP backbones) runs the last stage at stride 1 with its depthwise convs dilated ×2, so the
+features end at 1/16 of the input instead of 1/32 (the paper's segmentation section applies
+atrous convolution to the last block for denser features); again no parameter changes shape.
 """
 from __future__ import annotations
 
@@ -109,15 +114,19 @@ class InvertedResidualV3(nn.Module):
     """MobileNetV3 block: [1×1 expand] → depthwise k×k → [SE] → 1×1 linear projection."""
 
     def __init__(self, in_channels: int, kernel: int, expanded: int, out_channels: int,
-                 use_se: bool, act: str, stride: int, norm):
+                 use_se: bool, act: str, stride: int, norm, dilation: int = 1):
         super().__init__()
+        # the configured stride decides the skip and marks a new stage (torchvision's `_is_cn`,
+        # which its segmentation builders read), even where dilation replaces it
         self.use_res_connect = stride == 1 and in_channels == out_channels
+        self.stage_start = stride > 1
         layers: list[nn.Module] = []
         if expanded != in_channels:
             layers.append(ConvNormAct(in_channels, expanded, 1, norm=norm, act=act,
                                       names=_TV_NAMES))
-        layers.append(ConvNormAct(expanded, expanded, kernel, stride=stride, groups=expanded,
-                                  norm=norm, act=act, names=_TV_NAMES))
+        layers.append(ConvNormAct(expanded, expanded, kernel, stride=1 if dilation > 1 else stride,
+                                  dilation=dilation, groups=expanded, norm=norm, act=act,
+                                  names=_TV_NAMES))
         if use_se:  # squeeze to a quarter of the expanded width (paper §5.3), hard-sigmoid gate
             layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8),
                                             act="relu", gate=nn.Hardsigmoid))
@@ -175,19 +184,24 @@ class MobileNetV3(nn.Module):
     11 % after 150 steps, 92.5 % once the statistics are recomputed).
 
     `blocks` rows: (in, kernel, expanded, out, use_se, activation, stride), widths already final.
+    `dilated=True`: the last stage, from its stride-2 block on, is dilated ×2 instead of strided.
     """
 
     def __init__(self, blocks: list[tuple], last_channel: int, *, num_classes: int = 1000,
-                 in_chans: int = 3, dropout: float = 0.2, small_input: bool = False):
+                 in_chans: int = 3, dropout: float = 0.2, small_input: bool = False,
+                 dilated: bool = False):
         super().__init__()
         self.num_classes, self.in_chans = num_classes, in_chans
         norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
         stem_stride, strides = _small_input_strides([b[6] for b in blocks], small_input)
+        last_stage = max(i for i, s in enumerate(strides) if s > 1)
+        dilations = [2 if dilated and i >= last_stage else 1 for i in range(len(blocks))]
         features: list[nn.Module] = [ConvNormAct(in_chans, blocks[0][0], 3, stride=stem_stride,
                                                  norm=norm, act="hardswish", names=_TV_NAMES)]
-        for (cin, kernel, expanded, cout, use_se, act, _), stride in zip(blocks, strides):
+        for (cin, kernel, expanded, cout, use_se, act, _), stride, dilation in zip(
+                blocks, strides, dilations):
             features.append(InvertedResidualV3(cin, kernel, expanded, cout, use_se, act, stride,
-                                               norm))
+                                               norm, dilation))
         last_conv = 6 * blocks[-1][3]
         features.append(ConvNormAct(blocks[-1][3], last_conv, 1, norm=norm, act="hardswish",
                                     names=_TV_NAMES))
@@ -202,7 +216,7 @@ class MobileNetV3(nn.Module):
         _init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)  # (N, 6·last width, H/32, W/32); H/8 with small_input
+        return self.features(x)  # (N, 6·last width, H/32, W/32); H/8 small_input, H/16 dilated
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(x), 1))
