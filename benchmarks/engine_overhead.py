@@ -35,8 +35,9 @@ JOBS = {
 
 
 def export_revision(rev: str, dest: Path) -> Path:
-    """`git archive REV src` unpacked into dest: the old code, importable as cnnkit."""
-    archive = dest / "old.tar"
+    """`git archive REV src` unpacked into dest: that commit's code, importable as cnnkit."""
+    dest.mkdir(parents=True)
+    archive = dest / "code.tar"
     subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), rev, "src"], check=True)
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
@@ -59,6 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--old-rev", default="9339298")
+    parser.add_argument("--new-rev", default=None,
+                        help="measure this commit instead of the working tree")
     parser.add_argument("--jobs", nargs="+", choices=list(JOBS), default=list(JOBS))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +70,9 @@ def main() -> None:
         cache.mkdir(parents=True)
         for f in MNIST.glob("*.gz"):
             os.symlink(f, cache / f.name)
-        versions = {"old": export_revision(args.old_rev, tmp), "new": ROOT / "src"}
+        versions = {"old": export_revision(args.old_rev, tmp / "old"),
+                    "new": (export_revision(args.new_rev, tmp / "new") if args.new_rev
+                            else ROOT / "src")}
         results = {(job, v): [] for job in args.jobs for v in versions}
         for repeat in range(args.repeats):
             for job in args.jobs:
@@ -80,7 +85,7 @@ def main() -> None:
                     print(f"  {job:<12} {version}  repeat {repeat + 1}: {value:8.1f} img/s",
                           flush=True)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"old = {args.old_rev}, new = working tree, median of {args.repeats} alternating runs")
+          f"old = {args.old_rev}, new = {args.new_rev or 'working tree'}, median of {args.repeats} alternating runs")
     print(f"{'job':<12} {'old img/s':>10} {'new img/s':>10} {'new/old':>8}")
     for job in args.jobs:
         old = statistics.median(results[(job, "old")])

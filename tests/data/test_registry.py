@@ -14,15 +14,21 @@ from cnnkit.data._registry import DatasetInfo, register_dataset
 # The training recipes TrainConfig takes its defaults from (train/config.py's RECIPES before the
 # registry held them); imagefolder has the default one.
 RECIPES = {
+    "camvid": dict(epochs=60, batch_size=8, crop_size=176),
     "cifar10": dict(epochs=30, batch_size=128, translate=0),
     "digits": dict(epochs=30, batch_size=32, translate=2),
     "fashion-mnist": dict(epochs=15, batch_size=128, translate=0),
     "imagefolder": dict(epochs=10, batch_size=128, translate=0),
+    "isbi2012": dict(epochs=40, batch_size=4, crop_size=256),
     "kmnist": dict(epochs=10, batch_size=128, translate=1),
     "mnist": dict(epochs=2, batch_size=128, translate=0),
     "mnist-seq": dict(epochs=3, batch_size=64, translate=0),
+    "oxford-pets-seg": dict(epochs=40, batch_size=16, crop_size=128),
+    "segfolder": dict(epochs=30, batch_size=8),
 }
-NOTHING_TO_DOWNLOAD = {"digits", "imagefolder"}  # bundled with scikit-learn; the user's folder
+# Bundled with scikit-learn; the user's folders; the segmentation sets read from data_dir.
+NOTHING_TO_DOWNLOAD = {"digits", "imagefolder", "segfolder", "isbi2012", "oxford-pets-seg",
+                       "camvid"}
 
 
 @pytest.fixture

@@ -23,7 +23,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    loaded = load_model(args.checkpoint, command="`cnnkit eval`")
+    loaded = load_model(args.checkpoint, task=("classify", "segment"), command="`cnnkit eval`")
+    if loaded.task == "segment":
+        return _segmentation(args, loaded)
     config = loaded.config
     dataset = args.dataset or config["dataset"]
     channels, height, _ = loaded.image_shape
@@ -47,4 +49,19 @@ def run(args) -> int:
     if args.confusion:
         from cnnkit.viz import plot_confusion  # noqa: PLC0415
         print(f"confusion matrix: {plot_confusion(result.confusion, classes, args.confusion)}")
+    return 0
+
+
+def _segmentation(args, loaded) -> int:
+    """Pixel accuracy, per-class IoU and Dice of whole images (ISBI: the challenge's scores)."""
+    from cnnkit.inference.segment import evaluate_dataset  # noqa: PLC0415
+    config = loaded.config
+    dataset = args.dataset or config["dataset"]
+    scores, challenge, count = evaluate_dataset(
+        loaded, dataset, args.split, Path(args.data_dir or config["data_dir"]).expanduser())
+    print(f"{loaded.name} on {dataset} {args.split} ({count} images, whole): pixel accuracy "
+          f"{scores.pixel_accuracy:.4f}  mIoU {scores.miou:.4f}  Dice {scores.mean_dice:.4f}")
+    print(scores.table(loaded.classes))
+    if challenge:
+        print("ISBI scores: " + "  ".join(f"{k} {v:.4f}" for k, v in challenge.items()))
     return 0

@@ -24,7 +24,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    loaded = load_model(args.checkpoint, command="`cnnkit export`")
+    loaded = load_model(args.checkpoint, task=("classify", "segment"),
+                        command="`cnnkit export`")
     out = args.output or loaded.path.parent / (loaded.path.stem + SUFFIXES[args.format])
     found = checkpoint_test_images(loaded, args.check_images)
     if found is None:

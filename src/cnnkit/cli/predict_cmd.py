@@ -18,10 +18,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: the fastest CPU mode whose top-1 agrees with fp32 on ≥ 99.5%% "
                              f"of the given images plus up to {AUTO_TEST_IMAGES} test images")
+    parser.add_argument("--out-dir", type=Path, default=Path("."),
+                        help="segmentation: where <image>_mask.png and <image>_overlay.png go "
+                             "(default: the current folder)")
 
 
 def run(args) -> int:
-    loaded = load_model(args.checkpoint, command="`cnnkit predict`")
+    loaded = load_model(args.checkpoint, task=("classify", "segment"),
+                        command="`cnnkit predict`")
+    if loaded.task == "segment":
+        return _segmentation(args, loaded)
     channels, height, _ = loaded.image_shape  # square images
     # Decode every file first: a bad one stops the command before any output.
     images = torch.stack([decode_image(p, channels, height)
@@ -41,4 +47,15 @@ def run(args) -> int:
         print(path)
         for prob, cls in zip(p.tolist(), idx.tolist()):
             print(f"  {loaded.classes[cls]:>16}  {100 * prob:6.2f}%")
+    return 0
+
+
+def _segmentation(args, loaded) -> int:
+    """A mask PNG (class index per pixel) and an overlay PNG per image, at its own size."""
+    from cnnkit.inference.segment import segment_files  # noqa: PLC0415
+    for path, (mask, over, fractions) in zip(args.images, segment_files(loaded, args.images,
+                                                                          args.out_dir)):
+        shares = ", ".join(f"{name} {100 * f:.1f}%" for name, f in
+                           zip(loaded.classes, fractions.tolist()) if f > 0)
+        print(f"{path}: {mask}, {over} ({shares})")
     return 0

@@ -19,7 +19,9 @@ def run(args) -> int:
         return launch(args.nproc, _flags_given(args))
     result = train(config_from_args(args, TrainConfig))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0 only
-        print(f"test accuracy: {result.test.top1:.4f}  (run folder: {result.run_dir})")
+        score = (f"test mIoU: {result.test.miou:.4f}" if hasattr(result.test, "miou")
+                 else f"test accuracy: {result.test.top1:.4f}")
+        print(f"{score}  (run folder: {result.run_dir})")
     return 0
 
 

