@@ -13,7 +13,8 @@ def run(args) -> int:
     if not names:
         print(f"no model matches '{args.pattern}'")
         return 0
-    print(f"{'model':<22} {'params (1000 classes)':>22}  input")
+    width = max(22, *map(len, names))
+    print(f"{'model':<{width}} {'params (default)':>22}  input")
     for name in names:
         try:
             with torch.device("meta"):  # shapes only: no memory, no initialisation cost
@@ -21,5 +22,5 @@ def run(args) -> int:
         except (NotImplementedError, RuntimeError):  # a builder that computes with real data
             params = count_parameters(create_model(name))
         size = "×".join(map(str, get_model_cfg(name)["input_size"]))
-        print(f"{name:<22} {params:>22,}  {size}")
+        print(f"{name:<{width}} {params:>22,}  {size}")
     return 0
