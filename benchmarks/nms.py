@@ -15,10 +15,9 @@ run so a busy shared machine slows both alike. Ratio = naive / cnnkit.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import median_ms  # benchmarks/_timing.py: the script's folder is on sys.path
 
 from cnnkit.ops.boxes import box_iou, nms
 
@@ -45,19 +44,6 @@ def make_boxes(kind: str, n: int, gen: torch.Generator):
         wh = sizes[obj] * (1 + 0.3 * torch.randn(n, 2, generator=gen)).clamp(min=0.3)
         xy = centres[obj] + 0.15 * sizes[obj] * torch.randn(n, 2, generator=gen) - wh / 2
     return torch.cat([xy, xy + wh], 1), torch.rand(n, generator=gen)
-
-
-def median_ms(steps, repeats: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        for step in steps:
-            step()
-    times = [[] for _ in steps]
-    for _ in range(repeats):
-        for step, record in zip(steps, times):
-            start = time.perf_counter()
-            step()
-            record.append(time.perf_counter() - start)
-    return [1000 * statistics.median(t) for t in times]
 
 
 def main(argv=None) -> None:

@@ -16,11 +16,10 @@ gradient, after a few warm-up runs; PyTorch and scratch runs alternate. Ratio = 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from _timing import median_ms  # benchmarks/_timing.py: the script's folder is on sys.path
 
 from cnnkit.ops import conv2d, max_pool2d
 
@@ -31,21 +30,6 @@ LAYERS = [
     ("conv2", (20, 12, 12), (50, 20, 5, 5), True),
     ("pool2", (50, 8, 8), None, True),
 ]
-
-
-def _median_ms(steps, repeats: int, warmup: int = 5) -> list[float]:
-    """Median wall time of each step; the steps alternate run by run, so a busy shared machine
-    slows both sides alike instead of whichever happened to run during the spike."""
-    for _ in range(warmup):
-        for step in steps:
-            step()
-    times = [[] for _ in steps]
-    for _ in range(repeats):
-        for step, record in zip(steps, times):
-            start = time.perf_counter()
-            step()
-            record.append(time.perf_counter() - start)
-    return [1000 * statistics.median(t) for t in times]
 
 
 def _step(op, x, params, grad_out):
@@ -69,7 +53,7 @@ def bench_layer(batch: int, shape, weight_shape, input_grad: bool,
         ours, ref, params = conv2d, F.conv2d, (w, b)
     grad_out = torch.randn(ref(x, *params).shape, generator=gen)
     torch.testing.assert_close(ours(x, *params), ref(x, *params), atol=1e-4, rtol=1e-4)
-    t_ref, t_ours = _median_ms([_step(ref, x, params, grad_out), _step(ours, x, params, grad_out)],
+    t_ref, t_ours = median_ms([_step(ref, x, params, grad_out), _step(ours, x, params, grad_out)],
                                repeats)
     return t_ref, t_ours
 

@@ -67,13 +67,7 @@ def load_data(config: TrainConfig) -> tuple[Dataset, Dataset | None, Dataset, di
                        channels=channels, quiet=config.quiet)
         train_full = load_dataset(config.dataset, "train", **options)
         test = load_dataset(config.dataset, "test", **options)
-    if config.train_limit:
-        train_full = train_full.subset(torch.arange(min(config.train_limit, len(train_full))))
-    # Seeded split: the same seed always holds out the same images.
-    order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(config.seed))
-    n_val = int(round(config.val_fraction * len(train_full)))
-    val = train_full.subset(order[:n_val]) if n_val else None
-    train = train_full.subset(order[n_val:])
+    train, val = split_validation(train_full, config)
     model_kwargs = dict(num_classes=len(train_full.classes), in_chans=train_full.image_shape[0],
                         **config.model_args)
     if cfg["fixed_input_size"]:
@@ -81,6 +75,16 @@ def load_data(config: TrainConfig) -> tuple[Dataset, Dataset | None, Dataset, di
     if config.backend != "torch":
         model_kwargs["backend"] = config.backend
     return train, val, test, model_kwargs
+
+
+def split_validation(train_full, config: TrainConfig):
+    """(train, validation or None): the first --train-limit images, then a seeded split — the
+    same seed always holds out the same images."""
+    if config.train_limit:
+        train_full = train_full.subset(torch.arange(min(config.train_limit, len(train_full))))
+    order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(config.seed))
+    n_val = int(round(config.val_fraction * len(train_full)))
+    return train_full.subset(order[n_val:]), (train_full.subset(order[:n_val]) if n_val else None)
 
 
 def make_loader(ds: Dataset, batch_size: int, config: TrainConfig, *, train: bool = False,
@@ -108,8 +112,6 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     adam = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return adam(params, lr=config.lr, betas=(config.momentum, 0.999),
                 weight_decay=config.weight_decay)
-
-
 
 
 # --- the run ---

@@ -25,7 +25,7 @@ from cnnkit.engine.distributed import shard
 from cnnkit.engine.run import Run
 from cnnkit.inference.segment import predict_masks
 from cnnkit.models import create_model
-from cnnkit.train.classify import make_optimizer
+from cnnkit.train.classify import make_optimizer, split_validation
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.schedules import lr_at
 from cnnkit.train.seg_losses import cross_entropy, soft_dice_loss, unet_weight_map
@@ -58,12 +58,7 @@ def _train(run: Run, config: TrainConfig, log) -> SegmentResult:
                    quiet=config.quiet)
     train_full = load_dataset(config.dataset, "train", **options)
     test_set = load_dataset(config.dataset, "test", **options)
-    if config.train_limit:
-        train_full = train_full.subset(torch.arange(min(config.train_limit, len(train_full))))
-    order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(config.seed))
-    n_val = int(round(config.val_fraction * len(train_full)))
-    val_set = train_full.subset(order[:n_val]) if n_val else None
-    train_set = train_full.subset(order[n_val:])
+    train_set, val_set = split_validation(train_full, config)
     classes, channels = train_set.classes, train_set.image_shape[0]
     model_kwargs = dict(num_classes=len(classes), in_chans=channels, **config.model_args)
     model = create_model(config.model, **model_kwargs)
