@@ -16,6 +16,16 @@ def test_torchvision_file_with_aux_heads_loads_into_aux_free_googlenet(tmp_path)
     torch.testing.assert_close(model.fc.weight, with_aux.fc.weight)
 
 
+def test_torchvision_segmentation_file_with_aux_head_loads_into_the_default_model(tmp_path):
+    # torchvision's pretrained DeepLabV3/FCN files hold aux_classifier.* (trained with aux_loss).
+    with_aux = create_model("deeplabv3_mobilenet_v3_large", num_classes=3, aux_loss=True)
+    path = tmp_path / "deeplab.pth"
+    torch.save(with_aux.state_dict(), path)
+    model = create_model("deeplabv3_mobilenet_v3_large", num_classes=3, weights=str(path))
+    assert not any(k.startswith("aux_classifier.") for k in model.state_dict())
+    torch.testing.assert_close(model.classifier[4].weight, with_aux.classifier[4].weight)
+
+
 def test_other_architecture_or_missing_file_is_refused(tmp_path):
     path = tmp_path / "lenet.pth"
     torch.save(create_model("lenet").state_dict(), path)

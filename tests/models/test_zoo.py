@@ -32,7 +32,7 @@ def test_forward_backward_small_input(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=7, **cfg["test_kwargs"])
     if getattr(model, "generative", False):
-        pytest.skip("a denoiser, not a classifier: tested in its own file")
+        pytest.skip("a generative model, not a classifier: tested in its own file")
     x = torch.randn(2, *cfg["test_input_size"])
     out = model.train()(x)
     expected = (2, 7)

@@ -22,8 +22,9 @@ def classifier_prefix(model: nn.Module) -> str:
 
 
 # Auxiliary classifiers that torchvision's GoogLeNet/Inception v3 files carry even though the
-# models are used (and counted) without them.
-AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+# models are used (and counted) without them; FCN/DeepLabV3 files carry the auxiliary
+# segmentation head of their training loss (`aux_loss=True`).
+AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.", "aux_classifier.")
 
 
 def load_weights(model: nn.Module, path: str | Path, model_name: str) -> None:
@@ -48,7 +49,7 @@ def load_weights(model: nn.Module, path: str | Path, model_name: str) -> None:
     aux = [k for k in state if k.startswith(AUX_PREFIXES) and k not in own]
     if aux:
         log.warning("dropped %d auxiliary-classifier entries of %s (the model has no aux heads; "
-                    "build it with aux_logits=True to keep them)", len(aux), path)
+                    "build it with aux_logits=True (segmentation: aux_loss=True) to keep them)", len(aux), path)
         state = {k: v for k, v in state.items() if k not in aux}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
