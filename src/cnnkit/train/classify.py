@@ -25,7 +25,7 @@ from cnnkit.train.schedules import lr_at
 from cnnkit.utils import CnnkitError
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "load_data", "make_loader",
-           "make_optimizer"]
+           "make_optimizer", "set_lr", "split_validation"]
 
 
 @dataclass
@@ -114,6 +114,17 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
                 weight_decay=config.weight_decay)
 
 
+def set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int, total_steps: int,
+           steps_per_epoch: int) -> float:
+    """Give every parameter group the schedule's learning rate for `step`; return it."""
+    lr = lr_at(step, total_steps=total_steps, steps_per_epoch=steps_per_epoch, lr=config.lr,
+               schedule=config.schedule, warmup_epochs=config.warmup_epochs,
+               step_size=config.step_size, gamma=config.gamma)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 # --- the run ---
 
 def train(config: TrainConfig, *, log=print) -> TrainResult:
@@ -161,11 +172,7 @@ def _train(run: Run, config: TrainConfig, log) -> TrainResult:
                                      accumulate=config.accumulate):
         net.train()
         for x, y in batches:
-            lr = lr_at(run.step_count, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                       lr=config.lr, schedule=config.schedule, warmup_epochs=config.warmup_epochs,
-                       step_size=config.step_size, gamma=config.gamma)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = set_lr(optimizer, config, run.step_count, total_steps, steps_per_epoch)
             with run.autocast():
                 logits = net(x)
             loss = token_loss(logits.float(), y, label_smoothing=config.label_smoothing)

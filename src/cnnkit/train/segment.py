@@ -25,9 +25,8 @@ from cnnkit.engine.distributed import shard
 from cnnkit.engine.run import Run
 from cnnkit.inference.segment import predict_masks
 from cnnkit.models import create_model
-from cnnkit.train.classify import make_optimizer, split_validation
+from cnnkit.train.classify import make_optimizer, set_lr, split_validation
 from cnnkit.train.config import TrainConfig
-from cnnkit.train.schedules import lr_at
 from cnnkit.train.seg_losses import cross_entropy, soft_dice_loss, unet_weight_map
 from cnnkit.train.seg_metrics import SegmentationScores, isbi_scores
 from cnnkit.utils import CnnkitError
@@ -98,11 +97,7 @@ def _train(run: Run, config: TrainConfig, log) -> SegmentResult:
     for epoch, batches in run.epochs(loader, epochs=config.epochs, accumulate=config.accumulate):
         net.train()
         for x, y, *pixel_weights in batches:
-            lr = lr_at(run.step_count, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                       lr=config.lr, schedule=config.schedule, warmup_epochs=config.warmup_epochs,
-                       step_size=config.step_size, gamma=config.gamma)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = set_lr(optimizer, config, run.step_count, total_steps, steps_per_epoch)
             with run.autocast():
                 logits = net(x)  # (B, K, H, W)
             loss = _loss(logits.float(), y, config.seg_loss, weights, pixel_weights,
