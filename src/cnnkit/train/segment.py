@@ -87,11 +87,8 @@ def _train(run: Run, config: TrainConfig, log) -> SegmentResult:
     steps_per_epoch = len(loader) // config.accumulate
     total_steps = config.epochs * steps_per_epoch
     if not run.resuming:
-        log(f"{config.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
-            f"{config.dataset}: {len(train_set)} train, {len(val_set) if val_set else 0} val, "
-            f"{len(test_set)} test, {len(classes)} classes | crops {crop}×{crop}"
-            f"{f' + {margin} px mirrored context' if margin else ''} | {config.epochs} epochs × "
-            f"{steps_per_epoch} steps | {run.device.type}, {run.precision} | run {run.dir}")
+        log(_header(config, run, model, (train_set, val_set, test_set), crop, margin,
+                    steps_per_epoch))
 
     lr = config.lr
     for epoch, batches in run.epochs(loader, epochs=config.epochs, accumulate=config.accumulate):
@@ -133,6 +130,17 @@ def _train(run: Run, config: TrainConfig, log) -> SegmentResult:
         log("ISBI scores: " + "  ".join(f"{k} {v:.4f}" for k, v in challenge.items()))
     return SegmentResult(run.dir, run.history, test, classes, run.train_seconds, model,
                          run.stop_reason, challenge)
+
+
+def _header(config: TrainConfig, run: Run, model: nn.Module, sets: tuple, crop: int, margin: int,
+            steps_per_epoch: int) -> str:
+    """The run's first line: model, data, crops, schedule, device."""
+    train_set, val_set, test_set = sets
+    return (f"{config.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
+            f"{config.dataset}: {len(train_set)} train, {len(val_set) if val_set else 0} val, "
+            f"{len(test_set)} test, {len(train_set.classes)} classes | crops {crop}×{crop}"
+            f"{f' + {margin} px mirrored context' if margin else ''} | {config.epochs} epochs × "
+            f"{steps_per_epoch} steps | {run.device.type}, {run.precision} | run {run.dir}")
 
 
 # --- losses ---
