@@ -340,10 +340,14 @@ class Run:
     def __enter__(self) -> "Run":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self._writer is not None:
             self._writer.close()
         self._restore_signals()
+        if exc_type is None:
+            # Leave together: a rank that destroys the group while rank 0 still writes its
+            # figures can abort inside gloo ("terminate called without an active exception").
+            barrier(self.env)
         teardown(self.env)
 
     # --- internals ---
