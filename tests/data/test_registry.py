@@ -23,12 +23,16 @@ RECIPES = {
     "kmnist": dict(epochs=10, batch_size=128, translate=1),
     "mnist": dict(epochs=2, batch_size=128, translate=0),
     "mnist-seq": dict(epochs=3, batch_size=64, translate=0),
+    "mnist-det": dict(epochs=8, batch_size=16),
+    "oxford-pets-det": dict(epochs=20, batch_size=8, max_scale=1.25),
+    "raccoon": dict(epochs=30, batch_size=4, max_scale=1.25),
     "oxford-pets-seg": dict(epochs=40, batch_size=16, crop_size=128),
     "segfolder": dict(epochs=30, batch_size=8),
 }
-# Bundled with scikit-learn; the user's folders; the segmentation sets read from data_dir.
+# Bundled with scikit-learn; the user's folders; the segmentation and detection sets read from
+# data_dir.
 NOTHING_TO_DOWNLOAD = {"digits", "imagefolder", "segfolder", "isbi2012", "oxford-pets-seg",
-                       "camvid"}
+                       "camvid", "raccoon", "oxford-pets-det"}
 
 
 @pytest.fixture
@@ -53,8 +57,9 @@ def test_every_downloaded_file_has_an_md5():
             assert files == {}, name
         else:
             assert files and all(re.fullmatch(r"[0-9a-f]{32}", md5) for md5 in files.values())
-    # mnist-seq reads mnist's own files (from data_dir/mnist), so it lists the same four.
+    # mnist-seq and mnist-det read mnist's own files (from data_dir/mnist): the same four.
     assert get_dataset_info("mnist-seq").files == get_dataset_info("mnist").files
+    assert get_dataset_info("mnist-det").files == get_dataset_info("mnist").files
 
 
 def test_duplicate_name_raises_and_keeps_the_first(scratch_registry):

@@ -7,16 +7,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    print(f"{'name':<14} {'classes':>7} {'shape':>9} {'train':>7} {'test':>6}  source")
-    for name in list_datasets():
+    names = list_datasets()
+    width = max(14, *map(len, names))  # oxford-pets-det is 15 characters
+    print(f"{'name':<{width}} {'classes':>7} {'shape':>9} {'train':>7} {'test':>6}  source")
+    for name in names:
         info = get_dataset_info(name)
         shape = f"{info.channels}×{info.image_size}" if info.image_size else "any"
         train = f"{info.train_size:,}" if info.train_size else "-"
         test = f"{info.test_size:,}" if info.test_size else "-"
         classes = info.num_classes or "any"
-        print(f"{name:<14} {classes:>7} {shape:>9} {train:>7} {test:>6}  {info.source}")
-        print(f"{'':<14} {info.description}")
-        print(f"{'':<14} recipe: {recipe_summary(info.recipe)}")
+        print(f"{name:<{width}} {classes:>7} {shape:>9} {train:>7} {test:>6}  {info.source}")
+        print(f"{'':<{width}} {info.description}")
+        print(f"{'':<{width}} recipe: {recipe_summary(info.recipe)}")
     return 0
 
 

@@ -18,6 +18,8 @@ COMMANDS = {
     "models": ("models_cmd", "list registered models"),
     "summary": ("summary_cmd", "per-layer output shapes, parameters and multiply-adds"),
     "datasets": ("datasets_cmd", "list the data sets cnnkit can load"),
+    "convert": ("convert_cmd", "convert detection annotations between COCO JSON, PASCAL VOC XML "
+                "and YOLO txt"),
     "conv": ("conv_cmd", "convolve an image with cnnkit's own conv2d (stride, padding, dilation)"),
     "edges": ("edges_cmd", "edge detection with classic kernels, or learn one (--learn)"),
     "visualize": ("visualize_cmd", "kernels, feature maps, saliency/Grad-CAM, receptive fields"),

@@ -18,7 +18,7 @@ from cnnkit.utils import suggest
 DEFAULT_RECIPE: dict[str, Any] = dict(epochs=10, batch_size=128, translate=0)
 
 _MD5 = re.compile(r"[0-9a-f]{32}")
-TASKS = ("classify", "segment")
+TASKS = ("classify", "segment", "detect")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,9 +44,10 @@ class DatasetInfo:
     # TrainConfig defaults: epochs, batch_size, translate (pixels of random shift).
     recipe: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_RECIPE), hash=False)
     # (info, split, *, data_dir, mirror, download, image_size, channels, quiet) -> ArrayDataset,
-    # or a SegmentationDataset for task "segment"
+    # a SegmentationDataset for task "segment", a DetectionDataset for task "detect"
     loader: Callable[..., Any]
-    # "classify": one label per image (ArrayDataset); "segment": one per pixel (SegmentationDataset).
+    # "classify": one label per image (ArrayDataset); "segment": one per pixel (SegmentationDataset);
+    # "detect": boxes, and masks or keypoints where the set has them (DetectionDataset).
     task: str = "classify"
     splits: tuple[str, ...] = ("train", "test")  # what load_dataset accepts (camvid adds "val")
 

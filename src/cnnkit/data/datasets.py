@@ -18,7 +18,9 @@ from cnnkit.data.array_dataset import ArrayDataset, channel_stats, convert_datas
 from cnnkit.data.download import fetch, require_file, resolve_url
 from cnnkit.data.formats import read_cifar10, read_idx, read_idx_pair
 from cnnkit.data.imagefolder import load_imagefolder
-from cnnkit.data import mnist_seq
+from cnnkit.data import mnist_det, mnist_seq
+from cnnkit.data.det_formats import read_oxford_pets, read_voc
+from cnnkit.data.detection import DetectionDataset, from_annotations
 from cnnkit.data.segmentation import (IGNORE_INDEX, LabelMap, SegmentationDataset, assemble,
                                       load_segmentation_folder, pair_files, read_class_file)
 from cnnkit.utils import CnnkitError, suggest
@@ -34,14 +36,15 @@ DIGITS_MEAN, DIGITS_STD = 0.3054, 0.3246
 def load_dataset(name: str, split: str = "train", *, data_dir: str | Path = DEFAULT_DATA_DIR,
                  mirror: str | None = None, download: bool = True, image_size: int | None = None,
                  channels: int | None = None, quiet: bool = False
-                 ) -> ArrayDataset | SegmentationDataset:
+                 ) -> ArrayDataset | SegmentationDataset | DetectionDataset:
     """Decode data set `name`'s `split` ("train" or "test"; camvid also "val") into memory.
 
     Downloads missing files into `data_dir/<name>/` (from `mirror` or $CNNKIT_MIRROR where set)
     unless `download=False`. `image_size` / `channels` convert the images (antialiased bilinear
     resize; grey ↔ RGB) when they differ from the native ones. For "imagefolder", `data_dir` is
     the image folder itself and `channels` defaults to 3. A segmentation set (info.task
-    "segment") gives a SegmentationDataset, read from `data_dir/<folder>` (`_SHARED_FOLDERS`).
+    "segment") gives a SegmentationDataset, read from `data_dir/<folder>` (`_SHARED_FOLDERS`);
+    a detection set ("detect") a DetectionDataset, its images at their own size.
     """
     info = get_dataset_info(name)
     if split not in info.splits:
@@ -124,6 +127,9 @@ _SHARED_FOLDERS = {
                         "annotations/trainval.txt and test.txt"),
     "camvid": ("camvid-240", "train/ val/ test/ images with trainannot/ valannot/ testannot/ "
                "label PNGs"),
+    "raccoon": ("raccoon", "images/raccoon-N.jpg, annotations/raccoon-N.xml, train.txt, test.txt"),
+    "oxford-pets-det": ("oxford-pets-sample", "images/*.jpg, annotations/trimaps/*.png, "
+                        "annotations/list.txt, trainval.txt and test.txt"),
 }
 ISBI_TRAIN_SLICES, ISBI_TEST_SLICES = range(0, 25), range(25, 30)
 PETS_SIZE = 160  # every photo resized (shorter side) and centre-cropped to PETS_SIZE²
@@ -188,6 +194,42 @@ def _load_camvid(info: DatasetInfo, split: str, *, data_dir, image_size, channel
     return assemble(pairs, train, label_map, name=info.name,
                     classes=list(info.classes), image_size=image_size, channels=channels,
                     quiet=quiet)
+
+
+# Detection (task "detect"): a DetectionDataset of uint8 images at their own size; the detectors
+# resize and normalise inside, so image_size and channels have nothing to change.
+
+def _native_only(info: DatasetInfo, image_size, channels) -> None:
+    if image_size or channels not in (None, 3):
+        raise CnnkitError(f"{info.name} keeps its images' own size and RGB (detectors resize "
+                          f"inside); leave --image-size and --channels unset")
+
+
+def _load_mnist_det(info: DatasetInfo, split: str, *, image_size, channels, **fetch_options):
+    """mnist's own verified files; the canvases are drawn on the fly (seeded, a few seconds)."""
+    _native_only(info, image_size, channels)
+    digits, labels = read_idx_pair(*_obtain_idx(get_dataset_info("mnist"), split,
+                                                **fetch_options))
+    return mnist_det.build_mnist_det(digits.numpy(), labels.numpy(), split)
+
+
+def _load_raccoon(info: DatasetInfo, split: str, *, data_dir, image_size, channels, quiet,
+                  **_fetch_options):
+    """PASCAL VOC XML per image; train.txt / test.txt name the images of each split."""
+    _native_only(info, image_size, channels)
+    folder = _shared_folder(info, data_dir)
+    names = (folder / f"{split}.txt").read_text().split()
+    ann = read_voc(folder / "annotations", files=names, classes=info.classes)
+    return from_annotations(ann, folder / "images", name=info.name, quiet=quiet)
+
+
+def _load_oxford_pets_det(info: DatasetInfo, split: str, *, data_dir, image_size, channels,
+                          quiet, **_fetch_options):
+    """One pet per image, mask and box from its trimap (det_formats.read_oxford_pets)."""
+    _native_only(info, image_size, channels)
+    folder = _shared_folder(info, data_dir)
+    ann = read_oxford_pets(folder, "trainval.txt" if split == "train" else "test.txt")
+    return from_annotations(ann, folder / "images", name=info.name, quiet=quiet)
 
 
 # --- the data sets: one entry each ---
@@ -334,6 +376,43 @@ register_dataset(DatasetInfo(
     hflip_ok=True, task="segment", source="a local folder (data_dir=ROOT)",
     recipe=dict(epochs=30, batch_size=8),
     loader=_load_segfolder))
+
+
+# Detection: boxes (and masks) per image (task "detect"); mean/std None: detectors normalise
+# inside. recipe: starting values for `cnnkit train` (epochs, batch size, random scale range).
+
+register_dataset(DatasetInfo(
+    name="mnist-det", description="1–6 MNIST digits (20–48 px) on a 128×128 black canvas: "
+    "boxes and instance masks of the visible strokes (pixels ≥ 128; later digits on top; box "
+    "IoU ≤ 0.3); labels 1–10 = digits 0–9; drawn on the fly (seeded per split) from mnist's "
+    "files: train from MNIST training digits, test from test digits",
+    num_classes=10, classes=mnist_det.CLASSES, channels=3, image_size=mnist_det.CANVAS,
+    train_size=mnist_det.SIZES["train"], test_size=mnist_det.SIZES["test"], hflip_ok=False,
+    task="detect",
+    source="mnist's four files in data_dir/mnist (fetched as for mnist when missing)",
+    files=get_dataset_info("mnist").files,  # read from data_dir/mnist, not a folder of its own
+    recipe=dict(epochs=8, batch_size=16),
+    loader=_load_mnist_det))
+
+register_dataset(DatasetInfo(
+    name="raccoon", description="Raccoon detection (Dat Tran 2017): 200 photos, 217 boxes, one "
+    "class, PASCAL VOC XML; the repo's split, 160 train / 40 test",
+    num_classes=1, classes=("raccoon",), channels=3, image_size=0, train_size=160,
+    test_size=40, hflip_ok=True, task="detect",
+    source="https://github.com/datitran/raccoon_dataset",
+    recipe=dict(epochs=30, batch_size=4, max_scale=1.25),
+    loader=_load_raccoon))
+
+register_dataset(DatasetInfo(
+    name="oxford-pets-det", description="Oxford-IIIT Pet, 3 breeds (Parkhi et al. 2012): one "
+    "instance per photo, mask = trimap pet + border pixels (values 1 and 3, as TensorFlow's "
+    "create_pet_tf_record.py), box = the mask's extent, class = the breed from the file name; "
+    "trainval.txt → train, test.txt → test",
+    num_classes=3, classes=("Abyssinian", "american_bulldog", "Bengal"), channels=3,
+    image_size=0, train_size=300, test_size=298, hflip_ok=True, task="detect",
+    source="https://www.robots.ox.ac.uk/~vgg/data/pets/",
+    recipe=dict(epochs=20, batch_size=8, max_scale=1.25),
+    loader=_load_oxford_pets_det))
 
 
 # --- the sources ---
