@@ -1,4 +1,5 @@
-"""`cnnkit eval CHECKPOINT`: loss, top-1/top-5, per-class precision/recall/F1 on a data set."""
+"""`cnnkit eval CHECKPOINT`: loss, top-1/top-5, per-class precision/recall/F1 on a data set;
+per-class IoU for segmentation; the COCO tables (pycocotools) for detection."""
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,12 +21,19 @@ def add_arguments(parser) -> None:
                         help="auto: the fastest CPU mode (fp32, channels-last, bf16) whose top-1 "
                              "agrees with fp32 on ≥ 99.5%% of the evaluated images")
     parser.add_argument("--confusion", type=Path, help="also write the confusion matrix to this PNG")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="detection: judge only the first N images of the split")
+    parser.add_argument("--coco-json", type=Path,
+                        help="detection: also write the detections as COCO results JSON")
 
 
 def run(args) -> int:
-    loaded = load_model(args.checkpoint, task=("classify", "segment"), command="`cnnkit eval`")
+    loaded = load_model(args.checkpoint, task=("classify", "segment", "detect"),
+                        command="`cnnkit eval`")
     if loaded.task == "segment":
         return _segmentation(args, loaded)
+    if loaded.task == "detect":
+        return _detection(args, loaded)
     config = loaded.config
     dataset = args.dataset or config["dataset"]
     channels, height, _ = loaded.image_shape
@@ -64,4 +72,37 @@ def _segmentation(args, loaded) -> int:
     print(scores.table(loaded.classes))
     if challenge:
         print("ISBI scores: " + "  ".join(f"{k} {v:.4f}" for k, v in challenge.items()))
+    return 0
+
+
+def _detection(args, loaded) -> int:
+    """COCO AP/AR (pycocotools) for every output the detector has, and per-class AP."""
+    import torch  # noqa: PLC0415
+
+    from cnnkit.train.coco_eval import predictions_to_coco, write_coco_json  # noqa: PLC0415
+    from cnnkit.train.detect import IOU_TYPES, evaluate_detection  # noqa: PLC0415
+    config = loaded.config
+    dataset = args.dataset or config["dataset"]
+    data = load_dataset(dataset, args.split, quiet=True,
+                        data_dir=Path(args.data_dir or config["data_dir"]).expanduser())
+    if args.limit is not None:
+        if args.limit < 1:
+            raise CnnkitError(f"--limit must be at least 1 image, got {args.limit}")
+        data = data.subset(torch.arange(min(args.limit, len(data))))
+    if list(data.classes) != list(loaded.classes):
+        raise CnnkitError(f"{loaded.path} names the classes {loaded.classes[:5]}, {dataset} "
+                          f"{list(data.classes)[:5]}: not the data it was trained for")
+    iou_types = IOU_TYPES[loaded.model.task]
+    precision = "fp32" if args.precision == "auto" else args.precision
+    scores, predictions = evaluate_detection(loaded.model, data, precision=precision,
+                                             iou_types=iou_types, keep_predictions=True)
+    print(f"{loaded.name} on {dataset} {args.split} ({len(data)} images, {precision}): " +
+          "  ".join(f"{t} AP {scores.stats[t]['AP']:.4f}" for t in iou_types))
+    print(scores.table())
+    if args.coco_json:
+        ids = [int(t["image_id"]) for t in data.targets]
+        write_coco_json(args.coco_json, predictions_to_coco(predictions, ids,
+                                                            list(data.category_ids),
+                                                            iou_types=iou_types))
+        print(f"detections: {args.coco_json}")
     return 0

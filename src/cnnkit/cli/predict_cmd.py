@@ -1,4 +1,6 @@
-"""`cnnkit predict CHECKPOINT IMAGE...`: the top-k classes of each image, with probabilities."""
+"""`cnnkit predict CHECKPOINT IMAGE...`: the top-k classes of each image, with probabilities;
+for a segmentation checkpoint a mask and an overlay per image, for a detector the objects found
+and a drawing of them (also from a torchvision COCO weight file, with `--model NAME`)."""
 from pathlib import Path
 
 import torch
@@ -19,15 +21,27 @@ def add_arguments(parser) -> None:
                         help="auto: the fastest CPU mode whose top-1 agrees with fp32 on ≥ 99.5%% "
                              f"of the given images plus up to {AUTO_TEST_IMAGES} test images")
     parser.add_argument("--out-dir", type=Path, default=Path("."),
-                        help="segmentation: where <image>_mask.png and <image>_overlay.png go "
-                             "(default: the current folder)")
+                        help="segmentation: where <image>_mask.png and <image>_overlay.png go; "
+                             "detection: <image>_detections.png (default: the current folder)")
+    parser.add_argument("--model", default=None,
+                        help="detection: CHECKPOINT is a plain state_dict of this registered "
+                             "detector, e.g. torchvision's COCO weights for "
+                             "fasterrcnn_resnet50_fpn (labels: the COCO category names)")
+    parser.add_argument("--score-threshold", type=float, default=0.5,
+                        help="detection: report and draw objects scoring at least this "
+                             "(default: 0.5)")
 
 
 def run(args) -> int:
-    loaded = load_model(args.checkpoint, task=("classify", "segment"),
+    if args.model:
+        from cnnkit.inference.detect import load_reference_detector  # noqa: PLC0415
+        return _detection(args, load_reference_detector(args.checkpoint, args.model))
+    loaded = load_model(args.checkpoint, task=("classify", "segment", "detect"),
                         command="`cnnkit predict`")
     if loaded.task == "segment":
         return _segmentation(args, loaded)
+    if loaded.task == "detect":
+        return _detection(args, loaded)
     channels, height, _ = loaded.image_shape  # square images
     # Decode every file first: a bad one stops the command before any output.
     images = torch.stack([decode_image(p, channels, height)
@@ -58,4 +72,19 @@ def _segmentation(args, loaded) -> int:
         shares = ", ".join(f"{name} {100 * f:.1f}%" for name, f in
                            zip(loaded.classes, fractions.tolist()) if f > 0)
         print(f"{path}: {mask}, {over} ({shares})")
+    return 0
+
+
+def _detection(args, loaded) -> int:
+    """Each image's objects (class, score, box in its pixels) and a drawing of them."""
+    from cnnkit.inference.detect import detect_files  # noqa: PLC0415
+    results = detect_files(loaded, args.images, args.out_dir,
+                           score_threshold=args.score_threshold)
+    for path, (figure, found) in zip(args.images, results):
+        print(f"{path}: {len(found['boxes'])} object{'s' * (len(found['boxes']) != 1)} "
+              f"(score ≥ {args.score_threshold}), drawn in {figure}")
+        for box, label, score in zip(found["boxes"].tolist(), found["labels"].tolist(),
+                                     found["scores"].tolist()):
+            corners = ", ".join(f"{v:.0f}" for v in box)
+            print(f"  {loaded.classes[label - 1]:>16}  {score:.3f}  [{corners}]")
     return 0

@@ -19,8 +19,12 @@ def run(args) -> int:
         return launch(args.nproc, _flags_given(args))
     result = train(config_from_args(args, TrainConfig))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0 only
-        score = (f"test mIoU: {result.test.miou:.4f}" if hasattr(result.test, "miou")
-                 else f"test accuracy: {result.test.top1:.4f}")
+        if hasattr(result.test, "miou"):
+            score = f"test mIoU: {result.test.miou:.4f}"
+        elif hasattr(result.test, "stats"):  # detection: COCO box AP
+            score = f"test box AP: {result.test.stats['bbox']['AP']:.4f}"
+        else:
+            score = f"test accuracy: {result.test.top1:.4f}"
         print(f"{score}  (run folder: {result.run_dir})")
     return 0
 

@@ -43,6 +43,7 @@ TASKS: dict[str, TaskInfo] = {
     "classify": TaskInfo("cnnkit train", ("eval", "predict", "export", "visualize", "benchmark",
                                           "generate-eval --classifier")),
     "segment": TaskInfo("cnnkit train", ("eval", "predict", "export")),
+    "detect": TaskInfo("cnnkit train", ("eval", "predict")),
     "ddpm": TaskInfo("cnnkit diffusion train", ("sample",)),
     "dcgan": TaskInfo("cnnkit gan train", ("sample",)),
 }

@@ -13,6 +13,7 @@ from cnnkit.ops.boxes import (BoxCoder, batched_nms, box_area, box_convert, box_
                               clip_boxes_to_image, complete_box_iou, complete_box_iou_loss,
                               distance_box_iou, distance_box_iou_loss, generalized_box_iou,
                               generalized_box_iou_loss, nms, remove_small_boxes)
+from cnnkit.ops.focal_loss import sigmoid_focal_loss
 from cnnkit.ops.poolers import MultiScaleRoIAlign
 from cnnkit.ops.roi_align import RoIAlign, RoIPool, roi_align, roi_pool
 
@@ -22,4 +23,5 @@ __all__ = ["conv2d", "conv_output_size", "max_pool2d", "avg_pool2d", "edge_maps"
            "box_area", "box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou",
            "generalized_box_iou_loss", "distance_box_iou_loss", "complete_box_iou_loss",
            "box_convert", "clip_boxes_to_image", "remove_small_boxes", "nms", "batched_nms",
-           "BoxCoder", "roi_align", "roi_pool", "RoIAlign", "RoIPool", "MultiScaleRoIAlign"]
+           "BoxCoder", "roi_align", "roi_pool", "RoIAlign", "RoIPool", "MultiScaleRoIAlign",
+           "sigmoid_focal_loss"]

@@ -1,18 +1,22 @@
-"""Training tasks on the shared run engine: classification and segmentation (`train`, which runs
-the task the data set calls for), DDPM, DCGAN; their configs, schedules, metrics and the
+"""Training tasks on the shared run engine: classification, segmentation and detection (`train`,
+which runs the task the data set calls for), DDPM, DCGAN; their configs, schedules, metrics and the
 learning-rate range test."""
 from cnnkit.train.classify import TrainingDiverged, TrainResult
 from cnnkit.train.config import TrainConfig
 
 
 def train(config: TrainConfig, *, log=print):
-    """`cnnkit train`: classification, or segmentation for a data set of masks (a resumed run:
-    the task its checkpoint records)."""
+    """`cnnkit train`: classification, segmentation for a data set of masks, detection for one of
+    boxes (a resumed run: the task its checkpoint records)."""
     from cnnkit.engine.checkpoint import load_checkpoint  # noqa: PLC0415
-    from cnnkit.train import classify, segment  # noqa: PLC0415  (segment imports classify)
     task = load_checkpoint(config.resume)["task"] if config.resume else config.task
     if task == "segment":
-        return segment.train_segmentation(config, log=log)
+        from cnnkit.train.segment import train_segmentation  # noqa: PLC0415
+        return train_segmentation(config, log=log)
+    if task == "detect":
+        from cnnkit.train.detect import train_detection  # noqa: PLC0415
+        return train_detection(config, log=log)
+    from cnnkit.train import classify  # noqa: PLC0415
     return classify.train(config, log=log)
 
 

@@ -74,7 +74,7 @@ def load_data(config: TrainConfig) -> tuple[Dataset, Dataset | None, Dataset, di
         model_kwargs["img_size"] = train_full.image_shape[-1]
     if config.backend != "torch":
         model_kwargs["backend"] = config.backend
-    return train, val, test, model_kwargs
+    return train, val, limit_test(test, config), model_kwargs
 
 
 def split_validation(train_full, config: TrainConfig):
@@ -85,6 +85,13 @@ def split_validation(train_full, config: TrainConfig):
     order = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(config.seed))
     n_val = int(round(config.val_fraction * len(train_full)))
     return train_full.subset(order[n_val:]), (train_full.subset(order[:n_val]) if n_val else None)
+
+
+def limit_test(test_set, config: TrainConfig):
+    """The first --test-limit test images (all without it)."""
+    if config.test_limit and config.test_limit < len(test_set):
+        return test_set.subset(torch.arange(config.test_limit))
+    return test_set
 
 
 def make_loader(ds: Dataset, batch_size: int, config: TrainConfig, *, train: bool = False,

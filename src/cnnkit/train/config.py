@@ -31,6 +31,7 @@ class TrainConfig(RunConfig):
     stream: bool = config_field(False, "image folders: decode per batch in worker processes, not once into RAM")
     workers: int = config_field(2, "decoding processes with --stream")
     train_limit: int | None = config_field(None, "use only the first N training images (quick runs)")
+    test_limit: int | None = config_field(None, "test only the first N test images (quick runs)")
     val_fraction: float = config_field(0.1, "fraction of the training set held out for validation (seeded)")
     # --- optimisation ---
     epochs: int | None = config_field(None, "epochs (default: the data set's recipe)")
@@ -48,8 +49,8 @@ class TrainConfig(RunConfig):
     grad_clip: float = config_field(0.0, "clip the gradient norm to this value (0: off)")
     accumulate: int = config_field(1, "batches per optimiser step (gradient accumulation): the step's batch is N × batch size")
     early_stop: int = config_field(0, "stop after this many epochs without improvement of `monitor` (0: off)")
-    monitor: str = config_field("auto", "metric for best.pt and early stopping (auto: val_acc, or val_miou for segmentation)",
-                                ("auto", "val_acc", "val_loss", "val_miou"))
+    monitor: str = config_field("auto", "metric for best.pt and early stopping (auto: val_acc; val_miou for segmentation, val_map (COCO box AP) for detection)",
+                                ("auto", "val_acc", "val_loss", "val_miou", "val_map"))
     # --- augmentation (whole-batch tensor ops) ---
     crop_padding: int = config_field(0, "random crop after zero-padding by this many pixels")
     translate: int | None = config_field(None, "random translation by up to this many pixels (default: recipe)")
@@ -62,6 +63,8 @@ class TrainConfig(RunConfig):
     seg_loss: str = config_field("ce", "cross-entropy, soft Dice, or their sum", ("ce", "dice", "ce+dice"))
     class_weights: str = config_field("none", "cross-entropy class weights: none, or balanced (median frequency)", ("none", "balanced"))
     border_weight: bool = config_field(False, "two classes: the U-Net paper's weight map (w0 = 10, σ = 5 px) on borders between touching objects")
+    # --- detection (data sets of boxes, masks, keypoints) ---
+    backbone_weights: str | None = config_field(None, "detectors: start the backbone from a cnnkit classification run or checkpoint of the same architecture (e.g. resnet18 trained on CIFAR-10)")
     # --- speed and reproducibility ---
     channels_last: bool = config_field(True, "NHWC memory format (faster oneDNN convolutions on CPU)")
     sync_bn: bool = config_field(False, "distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm)")
@@ -82,6 +85,8 @@ class TrainConfig(RunConfig):
             raise CnnkitError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise CnnkitError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.test_limit is not None and self.test_limit < 1:
+            raise CnnkitError(f"--test-limit must be at least 1 image, got {self.test_limit}")
         if self.train_limit is not None and self.train_limit < 2:
             raise CnnkitError(f"--train-limit must be at least 2 images, got {self.train_limit}")
         if self.accumulate < 1:
@@ -102,10 +107,10 @@ class TrainConfig(RunConfig):
             if getattr(self, key) is None:  # no recipe value either: off
                 setattr(self, key, off)
         if self.monitor == "auto":
-            self.monitor = "val_miou" if self.task == "segment" else "val_acc"
+            self.monitor = {"segment": "val_miou", "detect": "val_map"}.get(self.task, "val_acc")
         return self
 
     @property
     def task(self) -> str:
-        """The task the data set calls for: "classify" or "segment"."""
+        """The task the data set calls for: "classify", "segment" or "detect"."""
         return getattr(get_dataset_info(self.dataset), "task", "classify")

@@ -25,7 +25,7 @@ from cnnkit.engine.distributed import shard
 from cnnkit.engine.run import Run
 from cnnkit.inference.segment import predict_masks
 from cnnkit.models import create_model
-from cnnkit.train.classify import make_optimizer, set_lr, split_validation
+from cnnkit.train.classify import limit_test, make_optimizer, set_lr, split_validation
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.seg_losses import cross_entropy, soft_dice_loss, unet_weight_map
 from cnnkit.train.seg_metrics import SegmentationScores, isbi_scores
@@ -56,7 +56,7 @@ def _train(run: Run, config: TrainConfig, log) -> SegmentResult:
     options = dict(data_dir=Path(config.data_dir).expanduser(), image_size=config.image_size,
                    quiet=config.quiet)
     train_full = load_dataset(config.dataset, "train", **options)
-    test_set = load_dataset(config.dataset, "test", **options)
+    test_set = limit_test(load_dataset(config.dataset, "test", **options), config)
     train_set, val_set = split_validation(train_full, config)
     classes, channels = train_set.classes, train_set.image_shape[0]
     model_kwargs = dict(num_classes=len(classes), in_chans=channels, **config.model_args)

@@ -1,0 +1,203 @@
+"""`train_detection(config)`: detection, instance segmentation and keypoints, top to bottom.
+
+Images and their boxes/masks/keypoints (decoded once into memory) → a registered detector
+(Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS, SSDlite; torchvision's train/eval contract: a list
+of images in, a dict of losses or a list of predictions out) → augmentation that moves boxes,
+masks and keypoints with the image (flip with the left/right keypoint swap, scale jitter) → the
+sum of the detector's losses → per epoch COCO box AP of the validation images (pycocotools) and
+the engine's table, metrics.csv, last.pt/best.pt by AP → the test set detected, judged with the
+COCO tables for every output the model has (bbox, segm, keypoints) and shown: predictions drawn
+on test images, precision–recall curves, and the detections as COCO results JSON.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from cnnkit.data import load_dataset
+from cnnkit.data.det_augment import DetectionAugment
+from cnnkit.data.det_loader import DetectionLoader
+from cnnkit.engine.distributed import DistEnv, all_gather_objects, shard
+from cnnkit.engine.run import Run
+from cnnkit.inference.detect import detect
+from cnnkit.models import create_model
+from cnnkit.train.classify import limit_test, make_optimizer, set_lr, split_validation
+from cnnkit.train.coco_eval import CocoScores, coco_evaluate, predictions_to_coco, write_coco_json
+from cnnkit.train.config import TrainConfig
+from cnnkit.utils import CnnkitError
+
+# What each kind of detector predicts, hence which COCO evaluations apply.
+IOU_TYPES = {"detection": ("bbox",), "instance-segmentation": ("bbox", "segm"),
+             "keypoints": ("bbox", "keypoints")}
+
+
+@dataclass
+class DetectResult:
+    run_dir: Path
+    history: list[dict]
+    test: CocoScores
+    classes: list[str]
+    train_seconds: float
+    model: nn.Module | None = None
+    stop_reason: str | None = None
+
+
+def train_detection(config: TrainConfig, *, log=print) -> DetectResult:
+    """Train the detector `config.model` on the detection data set `config.dataset`."""
+    with Run.open(config, task="detect", prefix=f"{config.model}-{config.dataset}",
+                  log=log) as run:
+        return _train(run, run.config, run.log)
+
+
+def _train(run: Run, config: TrainConfig, log) -> DetectResult:
+    env = run.env
+    options = dict(data_dir=Path(config.data_dir).expanduser(), quiet=config.quiet)
+    train_full = load_dataset(config.dataset, "train", **options)
+    test_set = limit_test(load_dataset(config.dataset, "test", **options), config)
+    train_set, val_set = split_validation(train_full, config)
+    model, model_kwargs = _build(config, train_set)
+    if config.backbone_weights and not run.resuming:
+        log(load_backbone(model, config.backbone_weights))
+    model, net = run.prepare(model)
+    optimizer = make_optimizer(config, model)
+    run.restore(models={"model": model}, optimizers={"model": optimizer},
+                spec=_spec(config, model_kwargs, train_set))
+
+    augment = DetectionAugment(hflip=config.hflip and train_set.hflip_ok, scale=(1 / config.max_scale, config.max_scale),
+                               flip_index=getattr(train_set, "flip_index", None))
+    loader = DetectionLoader(train_set, config.batch_size, shuffle=True, drop_last=True,
+                             seed=config.seed, augment=augment, rank=env.rank,
+                             world_size=env.world_size)
+    steps_per_epoch = len(loader) // config.accumulate
+    total_steps = config.epochs * steps_per_epoch
+    if not run.resuming:
+        log(f"{config.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
+            f"{config.dataset}: {len(train_set)} train, {len(val_set) if val_set else 0} val, "
+            f"{len(test_set)} test, {len(train_set.classes)} classes | {config.epochs} epochs × "
+            f"{steps_per_epoch} steps | {run.device.type}, {run.precision} | run {run.dir}")
+
+    lr = config.lr
+    for epoch, batches in run.epochs(loader, epochs=config.epochs, accumulate=config.accumulate):
+        net.train()
+        for images, targets in batches:
+            lr = set_lr(optimizer, config, run.step_count, total_steps, steps_per_epoch)
+            with run.autocast():
+                losses = net(images, targets)  # {"loss_classifier": ..., ...}
+            loss = sum(v.float() for v in losses.values())
+            run.sums["loss"] += run.step(loss, optimizer, clip=config.grad_clip) * len(images)
+            for key, value in losses.items():
+                run.sums[key] += float(value.detach()) * len(images)
+            run.sums["seen"] += len(images)
+        if not batches.complete:  # stopped mid-epoch: last.pt holds the position
+            break
+        sums = run.reduce(run.sums)
+        row = {"train_loss": sums["loss"] / sums["seen"], "val_map": None, "val_ap50": None,
+               "lr": lr}
+        if val_set is not None:
+            scores = evaluate_detection(model, val_set, precision=run.precision, env=env)
+            row.update(val_map=scores.stats["bbox"]["AP"], val_ap50=scores.stats["bbox"]["AP50"])
+        run.end_epoch(row, batches=batches,
+                      monitor=("val_map", "max") if val_set is not None else ("train_loss", "min"))
+    run.finish()
+
+    iou_types = IOU_TYPES[model.task]
+    test, predictions = evaluate_detection(model, test_set, precision=run.precision, env=env,
+                                           iou_types=iou_types, keep_predictions=True)
+    if env.is_main:
+        _write_outputs(run.dir, test_set, predictions, test, iou_types)
+    log(f"test ({len(test_set)} images): " + "  ".join(
+        f"{t} AP {test.stats[t]['AP']:.4f} AP50 {test.stats[t]['AP50']:.4f}" for t in iou_types))
+    log(test.table())
+    return DetectResult(run.dir, run.history, test, list(train_set.classes), run.train_seconds,
+                        model, run.stop_reason)
+
+
+# --- the model ---
+
+def _build(config: TrainConfig, ds) -> tuple[nn.Module, dict]:
+    """The detector for the data set: K classes + background, its keypoint count; checked
+    against what the data has (a Mask R-CNN needs masks, a Keypoint R-CNN keypoints)."""
+    kwargs = dict(num_classes=len(ds.classes) + 1, **config.model_args)
+    has_keypoints = "keypoints" in ds.targets[0] if len(ds) else False
+    if has_keypoints and config.model.startswith("keypointrcnn"):
+        kwargs["num_keypoints"] = ds.targets[0]["keypoints"].shape[1]
+    model = create_model(config.model, **kwargs)
+    if not getattr(model, "detector", False):
+        raise CnnkitError(f"{config.model} is not a detector; {config.dataset} needs one "
+                          f"(fasterrcnn_resnet18_fpn, maskrcnn_resnet18_fpn, ...: `cnnkit models`)")
+    needs = {"instance-segmentation": "masks", "keypoints": "keypoints"}.get(model.task)
+    if needs and not all(needs in t for t in ds.targets):
+        raise CnnkitError(f"{config.model} learns {needs}, but {config.dataset} has none; "
+                          f"choose a box detector (e.g. fasterrcnn_resnet18_fpn)")
+    return model, kwargs
+
+
+def _spec(config: TrainConfig, model_kwargs: dict, ds) -> dict:
+    """How to rebuild the detector for inference, and what names its outputs."""
+    spec = {"models": {"model": {"name": config.model, "kwargs": model_kwargs}}, "infer": "model",
+            "classes": list(ds.classes), "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+            "image_shape": [3, 0, 0],  # any size: the detector resizes inside
+            "category_ids": list(ds.category_ids)}
+    for key in ("keypoint_names", "skeleton", "flip_index"):
+        value = getattr(ds, key, None)
+        if value is not None:
+            spec[key] = [list(v) if isinstance(v, (tuple, list)) else v for v in value]
+    sigmas = getattr(ds, "kpt_sigmas", None)
+    if sigmas is not None:
+        spec["kpt_sigmas"] = [float(s) for s in sigmas]
+    return spec
+
+
+def load_backbone(model: nn.Module, path: str) -> str:
+    """Start `model.backbone.body` from a cnnkit classification checkpoint (a run folder or
+    .pt file) of the same architecture, e.g. a ResNet-18 trained on CIFAR-10: every tensor whose
+    name and shape match is copied; the classifier head (fc) is left out. Returns a line saying
+    how many tensors were taken."""
+    from cnnkit.engine.checkpoint import checkpoint_path, load_checkpoint  # noqa: PLC0415
+    ckpt = load_checkpoint(checkpoint_path(path, "best"), task="classify",
+                           command="`cnnkit train --backbone-weights`")
+    state = ckpt["models"][ckpt["spec"]["infer"]]
+    body = model.backbone.body.state_dict()
+    taken = {k: v for k, v in state.items() if k in body and body[k].shape == v.shape}
+    if not taken:
+        raise CnnkitError(f"{path}: no tensor matches the backbone of this detector "
+                          f"({ckpt['spec']['models'][ckpt['spec']['infer']]['name']} weights; "
+                          f"is it the same architecture?)")
+    model.backbone.body.load_state_dict(taken, strict=False)
+    return f"backbone: {len(taken)}/{len(body)} tensors from {path}"
+
+
+# --- evaluation ---
+
+def evaluate_detection(model: nn.Module, ds, *, precision: str = "fp32", env: DistEnv = DistEnv(),
+                       iou_types=("bbox",), keep_predictions: bool = False):
+    """COCO scores of `model` on `ds`: each rank detects its shard, every rank gathers all the
+    predictions and scores them (so a monitored metric is the same on every rank)."""
+    local = detect(model, shard(ds, env).images, precision=precision)
+    predictions = [None] * len(ds)
+    for rank, part in enumerate(all_gather_objects(local, env)):
+        predictions[rank::env.world_size] = part  # undo the strided shard: r, r + W, ...
+    scores = coco_evaluate(list(ds.targets), ds.image_sizes(), predictions, list(ds.classes),
+                           iou_types=iou_types, category_ids=list(ds.category_ids),
+                           kpt_sigmas=getattr(ds, "kpt_sigmas", None),
+                           keypoint_names=getattr(ds, "keypoint_names", None))
+    return (scores, predictions) if keep_predictions else scores
+
+
+# --- outputs ---
+
+def _write_outputs(run_dir: Path, ds, predictions: list[dict], scores: CocoScores,
+                   iou_types: tuple[str, ...]) -> None:
+    """detections.json (COCO results), predictions.png and pr_curve.png in the run folder."""
+    from cnnkit.viz.detection import plot_detections, plot_pr_curves  # noqa: PLC0415
+    image_ids = [int(t["image_id"]) for t in ds.targets]
+    write_coco_json(run_dir / "detections.json",
+                    predictions_to_coco(predictions, image_ids, list(ds.category_ids),
+                                        iou_types=iou_types))
+    shown = list(range(min(8, len(ds))))
+    plot_detections([ds.images[i] for i in shown], [predictions[i] for i in shown],
+                    [ds.targets[i] for i in shown], list(ds.classes),
+                    run_dir / "predictions.png", skeleton=getattr(ds, "skeleton", None))
+    plot_pr_curves(scores, run_dir / "pr_curve.png", iou_type="bbox")
