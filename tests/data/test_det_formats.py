@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnkit.data.det_formats import (convert, decode_segmentation, load_detection, read_coco,
-                                     read_voc, read_yolo, write_coco, write_voc, write_yolo)
+from cnnkit.data.det_coco import decode_segmentation, read_coco, write_coco
+from cnnkit.data.det_formats import (convert, load_detection, read_voc, read_yolo, write_voc,
+                                     write_yolo)
 from cnnkit.data.detection import COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS
 from cnnkit.utils import CnnkitError
 from tests.conftest import DATASETS

@@ -10,8 +10,9 @@ from PIL import Image
 from cnnkit.data import get_dataset_info, load_dataset
 from cnnkit.data.det_augment import DetectionAugment
 from cnnkit.data.det_loader import DetectionLoader
-from cnnkit.data.detection import (DetectionDataset, ImageEntry, ObjectEntry, Problems, assemble,
-                                   flip_index_from_names, from_annotations, COCO_PERSON_KEYPOINTS)
+from cnnkit.data.det_annotations import ImageEntry, ObjectEntry, Problems, assemble
+from cnnkit.data.detection import (COCO_PERSON_KEYPOINTS, DetectionDataset, flip_index_from_names,
+                                   from_annotations)
 from cnnkit.utils import CnnkitError
 from tests.conftest import DATASETS
 

@@ -16,6 +16,7 @@ from cnnkit.data._registry import DatasetInfo, register_dataset
 RECIPES = {
     "camvid": dict(epochs=60, batch_size=8, crop_size=176),
     "cifar10": dict(epochs=30, batch_size=128, translate=0),
+    "detfolder": dict(epochs=20, batch_size=4, max_scale=1.25),
     "digits": dict(epochs=30, batch_size=32, translate=2),
     "fashion-mnist": dict(epochs=15, batch_size=128, translate=0),
     "imagefolder": dict(epochs=10, batch_size=128, translate=0),
@@ -23,7 +24,7 @@ RECIPES = {
     "kmnist": dict(epochs=10, batch_size=128, translate=1),
     "mnist": dict(epochs=2, batch_size=128, translate=0),
     "mnist-seq": dict(epochs=3, batch_size=64, translate=0),
-    "mnist-det": dict(epochs=8, batch_size=16),
+    "mnist-det": dict(epochs=6, batch_size=4),
     "oxford-pets-det": dict(epochs=20, batch_size=8, max_scale=1.25),
     "raccoon": dict(epochs=30, batch_size=4, max_scale=1.25),
     "oxford-pets-seg": dict(epochs=40, batch_size=16, crop_size=128),
@@ -31,8 +32,8 @@ RECIPES = {
 }
 # Bundled with scikit-learn; the user's folders; the segmentation and detection sets read from
 # data_dir.
-NOTHING_TO_DOWNLOAD = {"digits", "imagefolder", "segfolder", "isbi2012", "oxford-pets-seg",
-                       "camvid", "raccoon", "oxford-pets-det"}
+NOTHING_TO_DOWNLOAD = {"digits", "imagefolder", "segfolder", "detfolder", "isbi2012",
+                       "oxford-pets-seg", "camvid", "raccoon", "oxford-pets-det"}
 
 
 @pytest.fixture

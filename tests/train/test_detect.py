@@ -118,3 +118,19 @@ def test_backbone_weights_must_fit(tmp_path):
     proc = cnnkit("train", "--model", "fasterrcnn_resnet18_fpn", *flags(TINY), "--epochs", "1",
                   "--backbone-weights", tmp_path / "lenet", "--out-dir", tmp_path)
     assert_one_line_error(proc, "no tensor matches the backbone")
+
+
+def test_backbone_starts_from_a_resnet18_classifier_run(tmp_path):
+    """A ResNet-18 trained on digits (1 channel): every body tensor but the first conv fits."""
+    classifier = train(TrainConfig(model="resnet18", dataset="digits", epochs=1, train_limit=64,
+                                   batch_size=32, quiet=True, tensorboard=False,
+                                   out_dir=str(tmp_path), name="r18"), log=lambda *_: None)
+    lines = []
+    train(TrainConfig(model="fasterrcnn_resnet18_fpn", **dict(TINY, test_limit=1), epochs=1,
+                      backbone_weights=str(classifier.run_dir), out_dir=str(tmp_path),
+                      name="det"), log=lines.append)
+    taken = [line for line in lines if line.startswith("backbone:")]
+    assert taken, lines
+    got, total = map(int, taken[0].split()[1].split("/"))
+    body = {k: v for k, v in classifier.model.state_dict().items() if not k.startswith("fc.")}
+    assert got == len(body) - 1 and total == len(body)  # conv1: 1 input channel, not 3

@@ -44,12 +44,13 @@ class DatasetInfo:
     # TrainConfig defaults: epochs, batch_size, translate (pixels of random shift).
     recipe: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_RECIPE), hash=False)
     # (info, split, *, data_dir, mirror, download, image_size, channels, quiet) -> ArrayDataset,
-    # a SegmentationDataset for task "segment", a DetectionDataset for task "detect"
+    # a SegmentationDataset for task "segment", a DetectionDataset for task "detect" (whose
+    # loaders also take skip_bad)
     loader: Callable[..., Any]
     # "classify": one label per image (ArrayDataset); "segment": one per pixel (SegmentationDataset);
     # "detect": boxes, and masks or keypoints where the set has them (DetectionDataset).
     task: str = "classify"
-    splits: tuple[str, ...] = ("train", "test")  # what load_dataset accepts (camvid adds "val")
+    splits: tuple[str, ...] = ("train", "test")  # load_dataset's (camvid, detfolder: + "val")
 
     def __post_init__(self):
         # Checked here, at import, so that a typo fails every test rather than one download.

@@ -64,6 +64,7 @@ class TrainConfig(RunConfig):
     class_weights: str = config_field("none", "cross-entropy class weights: none, or balanced (median frequency)", ("none", "balanced"))
     border_weight: bool = config_field(False, "two classes: the U-Net paper's weight map (w0 = 10, σ = 5 px) on borders between touching objects")
     # --- detection (data sets of boxes, masks, keypoints) ---
+    skip_bad: bool = config_field(False, "detection data: skip bad annotations and unreadable images (each reported in one line) instead of stopping at the first")
     backbone_weights: str | None = config_field(None, "detectors: start the backbone from a cnnkit classification run or checkpoint of the same architecture (e.g. resnet18 trained on CIFAR-10)")
     # --- speed and reproducibility ---
     channels_last: bool = config_field(True, "NHWC memory format (faster oneDNN convolutions on CPU)")

@@ -53,9 +53,14 @@ def train_detection(config: TrainConfig, *, log=print) -> DetectResult:
 
 def _train(run: Run, config: TrainConfig, log) -> DetectResult:
     env = run.env
-    options = dict(data_dir=Path(config.data_dir).expanduser(), quiet=config.quiet)
+    options = dict(data_dir=Path(config.data_dir).expanduser(), quiet=config.quiet,
+                   skip_bad=config.skip_bad)
     train_full = load_dataset(config.dataset, "train", **options)
     test_set = limit_test(load_dataset(config.dataset, "test", **options), config)
+    if not run.resuming:
+        for split, ds in (("train", train_full), ("test", test_set)):
+            for problem in getattr(ds, "skipped", []):  # --skip-bad: what was left out
+                log(f"skipped ({split}): {problem}")
     train_set, val_set = split_validation(train_full, config)
     model, model_kwargs = _build(config, train_set)
     if config.backbone_weights and not run.resuming:
