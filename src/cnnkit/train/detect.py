@@ -70,7 +70,8 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
     run.restore(models={"model": model}, optimizers={"model": optimizer},
                 spec=_spec(config, model_kwargs, train_set))
 
-    augment = DetectionAugment(hflip=config.hflip and train_set.hflip_ok, scale=(1 / config.max_scale, config.max_scale),
+    augment = DetectionAugment(hflip=config.hflip and train_set.hflip_ok,
+                               scale=(1 / config.max_scale, config.max_scale),
                                flip_index=getattr(train_set, "flip_index", None))
     loader = DetectionLoader(train_set, config.batch_size, shuffle=True, drop_last=True,
                              seed=config.seed, augment=augment, rank=env.rank,
@@ -92,7 +93,7 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
                 losses = net(images, targets)  # {"loss_classifier": ..., ...}
             loss = sum(v.float() for v in losses.values())
             run.sums["loss"] += run.step(loss, optimizer, clip=config.grad_clip) * len(images)
-            for key, value in losses.items():
+            for key, value in losses.items():  # each term, for the table (loss_mask, ...)
                 run.sums[key] += float(value.detach()) * len(images)
             run.sums["seen"] += len(images)
         if not batches.complete:  # stopped mid-epoch: last.pt holds the position
@@ -103,6 +104,8 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
         if val_set is not None:
             scores = evaluate_detection(model, val_set, precision=run.precision, env=env)
             row.update(val_map=scores.stats["bbox"]["AP"], val_ap50=scores.stats["bbox"]["AP50"])
+        row.update({key.removeprefix("loss_"): sums[key] / sums["seen"]  # the loss's terms
+                    for key in sorted(sums) if key not in ("loss", "seen")})
         run.end_epoch(row, batches=batches,
                       monitor=("val_map", "max") if val_set is not None else ("train_loss", "min"))
     run.finish()
