@@ -27,11 +27,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from cnnkit.data.det_annotations import Annotations, ImageEntry, Problems
-from cnnkit.data.imagefolder import _pixels
+from cnnkit.data.imagefolder import read_pixels
 from cnnkit.utils import CnnkitError
 
 COCO_PERSON_KEYPOINTS = (
@@ -188,14 +187,7 @@ def default_sigmas(names: Sequence[str]) -> np.ndarray:
 
 def decode_rgb(path: Path) -> torch.Tensor:
     """uint8 (3, H, W) of an image file; grey expanded, alpha dropped. CnnkitError if unreadable."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            array = _pixels(img)
-    except FileNotFoundError:
-        raise CnnkitError(f"image {path} not found") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise CnnkitError(f"cannot decode image {path} ({err})") from None
+    array = read_pixels(path)
     # numpy, not torch, for the copy into (3, H, W): small torch ops per image stall on the
     # intra-op thread pool of a busy machine (segmentation.py's decode_pairs notes the same).
     chw = np.repeat(array[None], 3, axis=0) if array.ndim == 2 else array.transpose(2, 0, 1)

@@ -47,19 +47,25 @@ def _pixels(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))  # RGBA, CMYK, YCbCr, ...
 
 
-def decode_image(path: str | Path, channels: int | None = None,
-                 image_size: int | None = None) -> torch.Tensor:
-    """uint8 (C, H, W): C = `channels` (1 grey, 3 RGB; None keeps the file's grey or RGB),
-    resized (antialiased bilinear) to image_size × image_size when given."""
+def read_pixels(path: str | Path) -> np.ndarray:
+    """The file's pixels, (H, W) grey or (H, W, 3) RGB uint8; a missing or undecodable file is a
+    one-line CnnkitError."""
     try:
         with Image.open(path) as img:
             img.load()
-            array = _pixels(img)
+            return _pixels(img)
     except FileNotFoundError:
         raise CnnkitError(f"image {path} not found") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise CnnkitError(f"cannot decode image {path} ({err}); remove or replace the file") \
             from None
+
+
+def decode_image(path: str | Path, channels: int | None = None,
+                 image_size: int | None = None) -> torch.Tensor:
+    """uint8 (C, H, W): C = `channels` (1 grey, 3 RGB; None keeps the file's grey or RGB),
+    resized (antialiased bilinear) to image_size × image_size when given."""
+    array = read_pixels(path)
     x = torch.from_numpy(np.array(array))  # a writable copy: PIL's buffer is read-only
     x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)  # (H, W[, 3]) → (C, H, W)
     x = x.unsqueeze(0)  # (1, C, H, W)
