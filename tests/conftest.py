@@ -14,3 +14,14 @@ def mnist_dir() -> Path:
     path = DATASETS / "mnist"
     assert (path / "train-images-idx3-ubyte.gz").is_file(), f"real MNIST expected in {path}"
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of many small per-image ops: on two busy cores, two
+    threads wait on each other at every op (up to 10x slower); one runs in steady time."""
+    import torch  # noqa: PLC0415
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,13 +19,7 @@ from tests.conftest import DATASETS
 RACCOON, PETS = DATASETS / "raccoon", DATASETS / "oxford-pets-sample"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Per-image torch ops are small: on a busy machine the intra-op thread pool only waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

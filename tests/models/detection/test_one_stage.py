@@ -22,14 +22,7 @@ LOSS_KEYS = {"retinanet_resnet18_fpn": {"classification", "bbox_regression"},
              "ssdlite320_mobilenet_v3_large": {"classification", "bbox_regression"}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # two threads on two busy cores wait on each other at every small op (MobileNet's many
-    # depthwise convs worst): 10x slower; one thread runs the same work in steady time
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def scene(seed: int, n: int = 2, h: int = 96, w: int = 128):

@@ -22,13 +22,7 @@ EXTRA = {"fasterrcnn_resnet18_fpn": set(), "maskrcnn_resnet18_fpn": {"loss_mask"
 NUM_KP = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # two threads on two busy cores wait on each other at every small op: 10x slower here
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _build(name, **kw):

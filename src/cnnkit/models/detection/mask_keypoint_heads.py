@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnkit.layers.conv_norm_act import ConvNormAct
+from cnnkit.layers.init import init_cnn_
 from cnnkit.ops.roi_align import roi_align
 from cnnkit.utils import CnnkitError
 
@@ -39,11 +40,7 @@ class MaskRCNNHeads(nn.Sequential):
                                       norm=norm_layer, act="relu", names=_TV_NAMES))
             prev = width
         super().__init__(*blocks)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_cnn_(self)  # He-normal convs, zero bias, as torchvision
 
 
 class MaskRCNNPredictor(nn.Sequential):
@@ -69,10 +66,7 @@ class KeypointRCNNHeads(nn.Sequential):
             blocks += [nn.Conv2d(prev, width, 3, stride=1, padding=1), nn.ReLU(inplace=True)]
             prev = width
         super().__init__(*blocks)
-        for m in self.children():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.constant_(m.bias, 0)
+        init_cnn_(self)
 
 
 class KeypointRCNNPredictor(nn.Module):

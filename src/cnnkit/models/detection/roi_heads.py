@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnkit.layers.conv_norm_act import ConvNormAct
+from cnnkit.layers.init import init_cnn_
 from cnnkit.models.detection import _utils as det_utils
 from cnnkit.models.detection.mask_keypoint_heads import (  # noqa: F401 (re-exported)
     KeypointRCNNHeads, KeypointRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor,
@@ -62,11 +63,7 @@ class FastRCNNConvFCHead(nn.Sequential):
             blocks += [nn.Linear(prev, width), nn.ReLU(inplace=True)]
             prev = width
         super().__init__(*blocks)
-        for layer in self.modules():
-            if isinstance(layer, nn.Conv2d):
-                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
+        init_cnn_(self)  # He-normal convs, zero bias, as torchvision (Linear: torch's default)
 
 
 class FastRCNNPredictor(nn.Module):
