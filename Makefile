@@ -15,7 +15,7 @@ run: $(VENV)/.installed
 	$(BIN)/cnnkit train --model lenet --dataset digits --quiet
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q tests; rc=$$?; \
+	$(BIN)/python -m pytest -q -n auto --dist loadfile tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing loudly"; exit 1; fi; exit $$rc
 
 clean:

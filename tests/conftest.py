@@ -1,4 +1,5 @@
 """Shared fixtures: paths to the real data in ../shared (never copied into the repo)."""
+import os
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_configure(config):
+    """Under `pytest -n N` the cores are shared: each worker takes its share of intra-op
+    threads, because N workers of all-core torch oversubscribe and wait on each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch  # noqa: PLC0415
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

@@ -6,16 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnkit.train import TrainConfig, train
 from tests.cli._run import assert_one_line_error, cnnkit
-
-
-@pytest.fixture(scope="module")
-def lenet_ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("clf")
-    result = train(TrainConfig(dataset="digits", epochs=1, val_fraction=0.0, out_dir=str(out),
-                               name="lenet", quiet=True), log=lambda *a: None)
-    return result.run_dir / "last.pt"
 
 
 def _not_blank(path) -> bool:
@@ -31,13 +22,13 @@ def test_gan_train_sample_and_generate_eval(tmp_path, lenet_ckpt):
     run = tmp_path / "run"
     assert _not_blank(run / "samples_epoch001.png") and _not_blank(run / "losses.png")
 
-    proc = cnnkit("gan", "sample", run, "--n", "16", "-o", tmp_path / "grid.png", "--save",
+    proc = cnnkit("gan", "sample", run, "--n", "60", "-o", tmp_path / "grid.png", "--save",
                   tmp_path / "s.pt", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert _not_blank(tmp_path / "grid.png")
     saved = torch.load(tmp_path / "s.pt", weights_only=True)
-    assert saved["images"].dtype == torch.uint8 and saved["images"].shape == (16, 1, 28, 28)
-    assert saved["labels"].tolist() == [i % 10 for i in range(16)]
+    assert saved["images"].dtype == torch.uint8 and saved["images"].shape == (60, 1, 28, 28)
+    assert saved["labels"].tolist() == [i % 10 for i in range(60)]
 
     proc = cnnkit("generate-eval", "--classifier", lenet_ckpt, "--samples", tmp_path / "s.pt",
                   "--dataset", "digits", cwd=tmp_path)

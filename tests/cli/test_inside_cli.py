@@ -126,7 +126,9 @@ def test_visualize_bad_input(lenet_run, tmp_path):
 
 
 def test_grad_cam_matches_hand_computation():
-    """Grad-CAM on LeNet's conv2 equals ReLU(Σ_k mean(∂y/∂A_k)·A_k), upsampled and scaled."""
+    """Grad-CAM on LeNet's rectified conv2 maps A (relu2) for the logit y = fc2(...) (not the
+    log-probability) equals ReLU(Σ_k mean(∂y/∂A_k)·A_k), each unit placed at its receptive field
+    centre 6.5 + 2i (bilinear between centres, zero one jump beyond), scaled to max 1."""
     import torch.nn.functional as F
     from cnnkit.models import create_model
     from cnnkit.viz.inside import grad_cam
@@ -134,11 +136,19 @@ def test_grad_cam_matches_hand_computation():
     model = create_model("lenet").eval()
     x = torch.randn(1, 1, 28, 28)
     cam, target = grad_cam(model, x)
-    conv2_out = model.conv2(model.maxpool1(model.relu1(model.conv1(x))))
-    conv2_out.retain_grad()
-    score = model.forward_head(model.maxpool2(model.relu2(conv2_out)))[0, target]
-    score.backward()
-    alpha = conv2_out.grad.mean((2, 3), keepdim=True)
-    expected = F.relu((alpha * conv2_out).sum(1, keepdim=True))
-    expected = F.interpolate(expected, size=(28, 28), mode="bilinear", align_corners=False)[0, 0]
-    torch.testing.assert_close(cam, (expected / expected.max()).detach())
+    relu2_out = model.relu2(model.conv2(model.maxpool1(model.relu1(model.conv1(x)))))
+    relu2_out.retain_grad()
+    logits = model.fc2(model.relu3(model.fc1(torch.flatten(model.maxpool2(relu2_out), 1))))
+    assert target == int(logits.argmax())
+    logits[0, target].backward()
+    alpha = relu2_out.grad.mean((2, 3), keepdim=True)
+    small = F.relu((alpha * relu2_out).sum(1))[0].detach()  # (8, 8)
+    expected = torch.zeros(28, 28)
+    for p in range(28):
+        for q in range(28):
+            for i in range(8):
+                for j in range(8):
+                    wy = max(0.0, 1 - abs(p - (6.5 + 2 * i)) / 2)
+                    wx = max(0.0, 1 - abs(q - (6.5 + 2 * j)) / 2)
+                    expected[p, q] += wy * wx * small[i, j]
+    torch.testing.assert_close(cam, expected / expected.max())

@@ -1,10 +1,4 @@
 """`cnnkit train`, `eval`, `predict`, `models`, `summary`, `datasets` as a user runs them."""
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -64,7 +58,8 @@ def test_models_summary_datasets():
     assert proc.returncode == 0 and "lenet" in proc.stdout and "431,080" in proc.stdout
     proc = cnnkit("models")  # every registered model, counted without allocating weights
     assert proc.returncode == 0, proc.stderr
-    listed = {line.split()[0] for line in proc.stdout.splitlines()[1:]}
+    rows = [line for line in proc.stdout.splitlines()[1:] if ":" not in line]  # less the legend
+    listed = {line.split()[0] for line in rows}
     from cnnkit.models import list_models
     assert listed == set(list_models())
     assert "86,540,040" in proc.stdout and "25,557,032" in proc.stdout  # convit_base, resnet50
@@ -107,36 +102,3 @@ def test_bad_files_are_one_line_exit_2(trained_run, tmp_path):
     ckpt["models"]["model"] = {k: v[..., :1] for k, v in ckpt["models"]["model"].items()}
     torch.save(ckpt, other)
     assert_one_line_error(cnnkit("eval", other), "do not fit")
-
-
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    """Kill -9 a run mid-epoch, resume it, end with the same weights as a run never killed."""
-    args = ["train", *QUICK, "--batch-size", "4", "--epochs", "5", "--deterministic",
-            "--out-dir", tmp_path]
-    full = cnnkit(*args, "--name", "full")
-    assert full.returncode == 0, full.stderr
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    victim = subprocess.Popen([sys.executable, "-m", "cnnkit", *map(str, args), "--name", "killed"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = tmp_path / "killed" / "metrics.csv"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until two epochs are done, then kill inside the third
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    time.sleep(0.3)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    killed = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
-    assert 2 <= killed["position"]["epochs_done"] < 5, "the kill must land before the end"
-
-    resumed = cnnkit("train", "--resume", tmp_path / "killed", "--quiet")
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
-    assert a["position"]["epochs_done"] == b["position"]["epochs_done"] == 5
-    wa, wb = a["models"]["model"], b["models"]["model"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]

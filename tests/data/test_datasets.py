@@ -17,9 +17,9 @@ from cnnkit.utils import CnnkitError
 
 def test_table_of_data_sets():
     assert list_datasets() == ["camvid", "cifar10", "detfolder", "digits", "fashion-mnist",
-                               "imagefolder", "isbi2012", "kmnist", "mnist", "mnist-det",
+                               "horse2zebra", "horse2zebra-domains", "imagefolder", "isbi2012", "kmnist", "lsp", "mnist", "mnist-det",
                                "mnist-seq", "oxford-pets-det", "oxford-pets-seg", "raccoon",
-                               "segfolder"]
+                               "segfolder", "unpaired-domains"]
     for name in list_datasets():
         info = get_dataset_info(name)
         assert info.name == name and info.description and info.source

@@ -54,7 +54,12 @@ def test_explicit_train_and_val_folders(flat_folder, tmp_path):
     test = load_dataset("imagefolder", "test", data_dir=tmp_path, channels=1, image_size=16)
     assert test.class_counts() == [4, 4, 4] and test.images.shape == (12, 1, 16, 16)
     first = sorted((tmp_path / "val" / "bird").iterdir())[0]
-    expected = np.asarray(Image.open(first).convert("L").resize((16, 16), Image.BILINEAR))
+    # The evaluation crop: shorter side to round(16 / 0.875) = 18, aspect kept, centre 16×16.
+    grey = Image.open(first).convert("L")
+    scale = 18 / min(grey.size)
+    wide, high = max(18, round(grey.size[0] * scale)), max(18, round(grey.size[1] * scale))
+    left, top = (wide - 16) // 2, (high - 16) // 2
+    expected = np.asarray(grey.resize((wide, high), Image.BILINEAR))[top:top + 16, left:left + 16]
     assert np.abs(test.images[0, 0].numpy().astype(int) - expected).max() <= 2
     (tmp_path / "val" / "frog").mkdir()
     with pytest.raises(CnnkitError, match="class folders frog that the training split lacks"):
@@ -118,7 +123,8 @@ def test_bad_folders_and_files(flat_folder, tmp_path):
     shutil.copytree(flat_folder, tmp_path / "broken")
     (tmp_path / "broken" / "cat" / "0003.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     with pytest.raises(CnnkitError, match=r"cannot decode image .*cat/0003.jpg"):
-        load_dataset("imagefolder", "train", data_dir=tmp_path / "broken", image_size=32)
+        load_dataset("imagefolder", "train", data_dir=tmp_path / "broken", image_size=32,
+                     strict=True)  # without strict it is skipped: test_imagefolder_bad_files.py
     with pytest.raises(CnnkitError, match="image .*missing.png not found"):
         decode_image(tmp_path / "missing.png")
     (tmp_path / "only_train" / "train" / "a").mkdir(parents=True)

@@ -19,9 +19,12 @@ RECIPES = {
     "detfolder": dict(epochs=20, batch_size=4, max_scale=1.25),
     "digits": dict(epochs=30, batch_size=32, translate=2),
     "fashion-mnist": dict(epochs=15, batch_size=128, translate=0),
+    "horse2zebra": dict(epochs=200, batch_size=1),
+    "horse2zebra-domains": dict(epochs=6, batch_size=64, translate=4, image_size=64),
     "imagefolder": dict(epochs=10, batch_size=128, translate=0),
     "isbi2012": dict(epochs=40, batch_size=4, crop_size=256),
     "kmnist": dict(epochs=10, batch_size=128, translate=1),
+    "lsp": dict(epochs=120, batch_size=32),
     "mnist": dict(epochs=2, batch_size=128, translate=0),
     "mnist-seq": dict(epochs=3, batch_size=64, translate=0),
     "mnist-det": dict(epochs=6, batch_size=4),
@@ -29,11 +32,13 @@ RECIPES = {
     "raccoon": dict(epochs=30, batch_size=4, max_scale=1.25),
     "oxford-pets-seg": dict(epochs=40, batch_size=16, crop_size=128),
     "segfolder": dict(epochs=30, batch_size=8),
+    "unpaired-domains": dict(epochs=6, batch_size=64, translate=4, image_size=64),
 }
 # Bundled with scikit-learn; the user's folders; the segmentation and detection sets read from
 # data_dir.
 NOTHING_TO_DOWNLOAD = {"digits", "imagefolder", "segfolder", "detfolder", "isbi2012",
-                       "oxford-pets-seg", "camvid", "raccoon", "oxford-pets-det"}
+                       "oxford-pets-seg", "camvid", "raccoon", "oxford-pets-det", "lsp",
+                       "horse2zebra", "horse2zebra-domains", "unpaired-domains"}
 
 
 @pytest.fixture

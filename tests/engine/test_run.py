@@ -19,12 +19,12 @@ from tests.cli._run import assert_one_line_error, cnnkit
 QUIET = dict(log=lambda *_: None)
 # Each task on the embedded digits, small enough for a test, deterministic on one thread.
 TASKS = {
-    "classify": ["train", "--dataset", "digits", "--batch-size", "8", "--epochs", "4"],
-    "ddpm": ["diffusion", "train", "--dataset", "digits", "--batch-size", "32", "--epochs", "3",
+    "classify": ["train", "--dataset", "digits", "--batch-size", "8", "--epochs", "3"],
+    "ddpm": ["diffusion", "train", "--dataset", "digits", "--batch-size", "32", "--epochs", "2",
              "--timesteps", "20", "--base-channels", "8", "--channel-mults", "1,2",
              "--attention-resolutions", "", "--sample-n", "4", "--sample-steps", "2",
              "--val-images", "64"],
-    "dcgan": ["gan", "train", "--dataset", "digits", "--batch-size", "16", "--epochs", "3",
+    "dcgan": ["gan", "train", "--dataset", "digits", "--batch-size", "16", "--epochs", "2",
               "--ngf", "8", "--ndf", "8", "--grid-size", "8"],
 }
 TRAIN_COMMAND = {"classify": ["train"], "ddpm": ["diffusion", "train"], "dcgan": ["gan", "train"]}

@@ -31,8 +31,10 @@ def test_forward_backward_small_input(name):
     cfg = get_model_cfg(name)
     torch.manual_seed(0)
     model = create_model(name, num_classes=7, **cfg["test_kwargs"])
-    if getattr(model, "generative", False) or getattr(model, "detector", False):
-        pytest.skip("a generative model or a detector, not a classifier: tested in its own file")
+    if (getattr(model, "generative", False) or getattr(model, "detector", False)
+            or getattr(model, "pose", False)):
+        pytest.skip("a generative model, a detector or a pose network, not a classifier: "
+                    "tested in its own file")
     x = torch.randn(2, *cfg["test_input_size"])
     out = model.train()(x)
     expected = (2, 7)

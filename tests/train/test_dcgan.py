@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from cnnkit.generation import to_uint8
@@ -141,6 +142,10 @@ def test_train_writes_run_folder_and_resumes_exactly(tmp_path):
     assert {"config.yaml", "metrics.csv", "last.pt", "losses.png", "samples_epoch001.png",
             "samples_epoch002.png"} <= files
     assert len((straight.run_dir / "metrics.csv").read_text().splitlines()) == 3  # header + 2
+    # The grid is readable: enlarged to ≥ 600 px, a title and the 10 class names above it
+    # (a bare 10 × 2 grid of 28-px digits would be 302 × 62 px).
+    with Image.open(straight.run_dir / "samples_epoch001.png") as grid:
+        assert grid.width >= 600 and grid.height > 2 * 62
 
     train_gan(_tiny(tmp_path, epochs=1, name="split"), log=lambda *a: None)
     resumed = train_gan(GanConfig(resume=str(tmp_path / "split"), epochs=2, quiet=True),

@@ -113,7 +113,7 @@ def test_a_classifier_or_a_mask_model_without_masks_is_refused(tmp_path):
 
 def test_backbone_weights_must_fit(tmp_path):
     classifier = cnnkit("train", "--model", "lenet", "--dataset", "digits", "--epochs", "1",
-                        "--quiet", "--out-dir", tmp_path, "--name", "lenet")
+                        "--train-limit", "64", "--quiet", "--out-dir", tmp_path, "--name", "lenet")
     assert classifier.returncode == 0, classifier.stderr
     proc = cnnkit("train", "--model", "fasterrcnn_resnet18_fpn", *flags(TINY), "--epochs", "1",
                   "--backbone-weights", tmp_path / "lenet", "--out-dir", tmp_path)

@@ -5,20 +5,48 @@ Precedence: dataclass defaults < `--config file.yaml` < flags given on the comma
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import types
 import typing
 from dataclasses import fields
 from pathlib import Path
 
-import yaml
-
-from cnnkit.engine.config import ConfigBase, default_of
 from cnnkit.utils import CnnkitError, suggest
+
+# Nothing here imports torch (nor yaml, nor cnnkit.engine, which does): `cnnkit --help` builds
+# its parser from this module alone, and must start in well under a second.
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Each option's default shown once: appended as "(default: X)" unless the help text already
+    says it; none for flags whose default is off or unset (argparse's own
+    ArgumentDefaultsHelpFormatter would print "(default: None)" beside "(default: recipe)")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        unset = (default is None or default is False or default is argparse.SUPPRESS
+                 or (isinstance(default, (list, tuple, str)) and not default))
+        said = "(default" in text or "default:" in text
+        if unset or said or not action.option_strings or text is argparse.SUPPRESS:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})".lstrip()
+
+    def _format_action(self, action):
+        if action.help is None and action.option_strings:  # no help text: still its default
+            action = copy.copy(action)
+            action.help = self._get_help_string(action) or None
+        return super()._format_action(action)
 
 
 class OneLineParser(argparse.ArgumentParser):
     """Usage errors as a single line on stderr and exit code 2 (no usage dump)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -34,6 +62,7 @@ def _inner_type(tp):
 
 def parse_kv(text: str) -> dict:
     """`small_input=true,drop_rate=0.2` → {"small_input": True, "drop_rate": 0.2} (YAML scalars)."""
+    import yaml  # noqa: PLC0415  (not at startup)
     out = {}
     for item in filter(None, text.split(",")):
         if "=" not in item:
@@ -56,25 +85,33 @@ def _converter(base, optional: bool):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
-    """One `--flag` per dataclass field, typed from its annotation, help from its metadata."""
+    """One `--flag` per dataclass field, typed from its annotation, help from its metadata;
+    a field with choices lists them (no metavar hides them) and its default shows once."""
+    from cnnkit.engine.config import default_of  # noqa: PLC0415  (cnnkit.engine imports torch)
     hints = typing.get_type_hints(config_cls)
     parser.add_argument("--config", type=Path, help="YAML file of config values (flags override it)")
     for f in fields(config_cls):
         base, optional = _inner_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = default_of(f)
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f.metadata.get("help", "")
+        if "(default" not in help_text:  # "(default: the data set's recipe)" says it already
+            help_text += f" (default: {default})"
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
         else:
             parser.add_argument(flag, type=_converter(base, optional), default=None,
                                 choices=f.metadata.get("choices"), help=help_text,
-                                metavar=f.name.upper() if base is not dict else "K=V,...")
+                                metavar=("K=V,..." if base is dict
+                                         else None if f.metadata.get("choices")
+                                         else f.name.upper()))
 
 
 def config_from_args(args: argparse.Namespace, config_cls):
     """Build the config: defaults, then the YAML file's values, then the flags that were given."""
+    from cnnkit.engine.config import ConfigBase  # noqa: PLC0415  (cnnkit.engine imports torch)
     hints = typing.get_type_hints(config_cls)
     names = {f.name for f in fields(config_cls)}
     values = {}
@@ -97,6 +134,7 @@ def config_from_args(args: argparse.Namespace, config_cls):
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise CnnkitError(f"config file not found: {path}")
+    import yaml  # noqa: PLC0415  (not at startup)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

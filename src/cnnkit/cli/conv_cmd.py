@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from cnnkit.data.imagefolder import decode_image
-from cnnkit.ops import conv2d, conv_output_size, filters
+from cnnkit.ops import conv2d, filters
+from cnnkit.ops.conv import _padding as _resolve_padding
 from cnnkit.utils import CnnkitError, suggest
 
 NAMED = {"sobel_x": filters.SOBEL_X, "sobel_y": filters.SOBEL_Y, "prewitt_x": filters.PREWITT_X,
@@ -68,12 +69,18 @@ def run(args) -> int:
     padding = _padding(args.padding)
     out = conv2d(image[None], kernel[None], stride=args.stride, padding=padding,
                  dilation=args.dilation, mode=args.mode, impl=args.impl)[0, 0]  # (H', W')
-    k = kernel.shape[-1]
-    pad = padding if isinstance(padding, int) else (0 if padding == "valid" else (k - 1) // 2)
-    h = conv_output_size(image.shape[1], k, args.stride, pad, args.dilation)
+    # The rows of padding ops.conv2d applied (its own resolver): "same" pads d(k−1) in total, so
+    # a dilated kernel gets more than (k−1)/2 a side, and an odd total puts the extra row below.
+    kh, dil, stride = kernel.shape[-2], args.dilation, args.stride
+    top, bottom = _resolve_padding(padding, (kh, kernel.shape[-1]), (stride, stride),
+                                   (dil, dil))[:2]
+    span = dil * (kh - 1)
+    rows = (image.shape[1] + top + bottom - span - 1) // stride + 1
+    pads = "2p − d(k−1)" if top == bottom else "p_top + p_bottom − d(k−1)"
+    values = f"{2 * top}" if top == bottom else f"{top} + {bottom}"
     print(f"input {tuple(image.shape)} * kernel {tuple(kernel.shape)} → output {tuple(out.shape)}"
-          f"   (⌊(n + 2p − d(k−1) − 1)/s⌋ + 1 = ⌊({image.shape[1]} + {2 * pad} − "
-          f"{args.dilation * (k - 1)} − 1)/{args.stride}⌋ + 1 = {h} rows)")
+          f"   (⌊(n + {pads} − 1)/s⌋ + 1 = ⌊({image.shape[1]} + {values} − {span} − 1)/{stride}⌋"
+          f" + 1 = {rows} rows)")
     from cnnkit.viz.edges import plot_conv  # noqa: PLC0415
     print(f"wrote {plot_conv(image, kernel, out, args, args.output)}")
     return 0

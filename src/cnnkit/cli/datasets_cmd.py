@@ -1,5 +1,4 @@
 """`cnnkit datasets`: every registered data set, where it comes from, and its training recipe."""
-from cnnkit.data import get_dataset_info, list_datasets
 
 
 def add_arguments(parser) -> None:
@@ -7,6 +6,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from cnnkit.data import get_dataset_info, list_datasets  # noqa: PLC0415  (torch: not at --help)
     names = list_datasets()
     width = max(14, *map(len, names))  # oxford-pets-det is 15 characters
     print(f"{'name':<{width}} {'classes':>7} {'shape':>9} {'train':>7} {'test':>6}  source")

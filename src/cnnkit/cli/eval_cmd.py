@@ -1,12 +1,9 @@
 """`cnnkit eval CHECKPOINT`: loss, top-1/top-5, per-class precision/recall/F1 on a data set;
-per-class IoU for segmentation; the COCO tables (pycocotools) for detection."""
+per-class IoU for segmentation; the COCO tables (pycocotools) for detection; PCK@0.2 per joint
+and OKS AP for pose."""
 from dataclasses import replace
 from pathlib import Path
 
-from cnnkit.data import InMemoryLoader, load_dataset
-from cnnkit.inference.load import load_model
-from cnnkit.inference.modes import model_for_precision
-from cnnkit.train.metrics import evaluate
 from cnnkit.utils import CnnkitError
 
 
@@ -22,18 +19,25 @@ def add_arguments(parser) -> None:
                              "agrees with fp32 on ≥ 99.5%% of the evaluated images")
     parser.add_argument("--confusion", type=Path, help="also write the confusion matrix to this PNG")
     parser.add_argument("--limit", type=int, default=None,
-                        help="detection: judge only the first N images of the split")
+                        help="detection and pose: judge only the first N images of the split")
     parser.add_argument("--coco-json", type=Path,
                         help="detection: also write the detections as COCO results JSON")
 
 
 def run(args) -> int:
-    loaded = load_model(args.checkpoint, task=("classify", "segment", "detect"),
+    from cnnkit.data import InMemoryLoader, load_dataset  # noqa: PLC0415  (torch: not for --help)
+    from cnnkit.inference.load import load_model  # noqa: PLC0415
+    from cnnkit.inference.modes import model_for_precision  # noqa: PLC0415
+    from cnnkit.train.metrics import evaluate  # noqa: PLC0415
+
+    loaded = load_model(args.checkpoint, task=("classify", "segment", "detect", "pose"),
                         command="`cnnkit eval`")
     if loaded.task == "segment":
         return _segmentation(args, loaded)
     if loaded.task == "detect":
         return _detection(args, loaded)
+    if loaded.task == "pose":
+        return _pose(args, loaded)
     config = loaded.config
     dataset = args.dataset or config["dataset"]
     channels, height, _ = loaded.image_shape
@@ -48,7 +52,9 @@ def run(args) -> int:
     data = replace(data, mean=loaded.mean, std=loaded.std)
     loader = InMemoryLoader(data, args.batch_size, shuffle=False)
     runner, mode_line = model_for_precision(loaded.model, args.precision, loader,
-                                            f"{len(data)} {dataset} {args.split} images")
+                                            f"{len(data)} {dataset} {args.split} images",
+                                            batch_size=args.batch_size,
+                                            input_size=loaded.image_shape)
     print(mode_line)
     result, _ = evaluate(runner, loader, len(classes))  # the runner applies its own precision
     print(f"{loaded.name} on {dataset} {args.split} ({result.count} images): "
@@ -75,12 +81,11 @@ def _segmentation(args, loaded) -> int:
     return 0
 
 
-def _detection(args, loaded) -> int:
-    """COCO AP/AR (pycocotools) for every output the detector has, and per-class AP."""
+def _limited_split(args, loaded):
+    """(data set name, the split it was asked for: its first --limit images, all without)."""
     import torch  # noqa: PLC0415
 
-    from cnnkit.train.coco_eval import predictions_to_coco, write_coco_json  # noqa: PLC0415
-    from cnnkit.train.detect import IOU_TYPES, evaluate_detection  # noqa: PLC0415
+    from cnnkit.data import load_dataset  # noqa: PLC0415
     config = loaded.config
     dataset = args.dataset or config["dataset"]
     data = load_dataset(dataset, args.split, quiet=True,
@@ -89,6 +94,14 @@ def _detection(args, loaded) -> int:
         if args.limit < 1:
             raise CnnkitError(f"--limit must be at least 1 image, got {args.limit}")
         data = data.subset(torch.arange(min(args.limit, len(data))))
+    return dataset, data
+
+
+def _detection(args, loaded) -> int:
+    """COCO AP/AR (pycocotools) for every output the detector has, and per-class AP."""
+    from cnnkit.train.coco_eval import predictions_to_coco, write_coco_json  # noqa: PLC0415
+    from cnnkit.train.detect import IOU_TYPES, evaluate_detection  # noqa: PLC0415
+    dataset, data = _limited_split(args, loaded)
     if list(data.classes) != list(loaded.classes):
         raise CnnkitError(f"{loaded.path} names the classes {loaded.classes[:5]}, {dataset} "
                           f"{list(data.classes)[:5]}: not the data it was trained for")
@@ -105,4 +118,25 @@ def _detection(args, loaded) -> int:
                                                             list(data.category_ids),
                                                             iou_types=iou_types))
         print(f"detections: {args.coco_json}")
+    return 0
+
+
+def _pose(args, loaded) -> int:
+    """PCK@0.2 per body part (the LSP table) and OKS AP; bottom-up also lsp-multi assembly."""
+    from cnnkit.train.pose import evaluate_multi, evaluate_pose, pck_table  # noqa: PLC0415
+    dataset, data = _limited_split(args, loaded)
+    if list(data.keypoint_names) != list(loaded.classes):
+        raise CnnkitError(f"{loaded.path} predicts the joints {loaded.classes[:4]}..., "
+                          f"{dataset} has {list(data.keypoint_names)[:4]}...")
+    precision = "fp32" if args.precision == "auto" else args.precision
+    scores = evaluate_pose(loaded.model, data, loaded.spec, precision=precision, with_oks=True)
+    print(f"{loaded.name} on {dataset} {args.split} ({len(data)} images, {precision}): "
+          f"PCK@0.2 {scores['pck']:.4f}  OKS AP {scores['oks_ap']:.4f}  AP50 "
+          f"{scores['oks_ap50']:.4f}")
+    print(pck_table(scores["pck_per_joint"], data.keypoint_names))
+    if loaded.spec.get("bottom_up"):
+        multi = evaluate_multi(loaded.model, data, precision=precision)
+        print(f"lsp-multi ({multi['multi_people']} people on {multi['multi_canvases']} "
+              f"canvases): assembled correctly {multi['assembly_accuracy']:.4f}, found "
+              f"{multi['multi_found']:.4f}")
     return 0

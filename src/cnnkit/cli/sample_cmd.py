@@ -76,7 +76,13 @@ def run(args) -> int:
                       precision=args.precision, method=method, steps=steps, eta=eta,
                       guidance=guidance, progress=not args.quiet)  # (n, C, H, W) in [-1, 1]
     seconds = time.perf_counter() - start
-    image_grid(images[:args.grid_max], args.output, nrow=nrow, value_range=(-1.0, 1.0))
+    shown = images[:args.grid_max]
+    # class-conditional, every class in turn with one class per column: name the columns
+    by_column = labels is not None and args.class_index is None and nrow == sampler.num_classes
+    col_labels = [sampler.classes[k] for k in range(min(nrow, len(shown)))] if by_column else None
+    which = f", class '{sampler.classes[args.class_index]}'" if args.class_index is not None else ""
+    image_grid(shown, args.output, nrow=nrow, value_range=(-1.0, 1.0), col_labels=col_labels,
+               title=f"{len(shown)} of {args.n} samples{which}: {how}")
     print(f"{args.output}: {args.n} samples ({how}) in {seconds:.1f} s "
           f"({seconds / args.n * 1000:.1f} ms per image)")
     if args.save:

@@ -1,7 +1,7 @@
-"""`cnnkit summary MODEL`: a Keras/torchinfo-style table of the model's layers."""
+"""`cnnkit summary MODEL`: a Keras/torchinfo-style table of the model's layers, and what its
+output is (logits, or LeNet's log-probabilities)."""
 from cnnkit.cli._args import parse_kv
-from cnnkit.models import create_model, get_model_cfg
-from cnnkit.models._summary import format_summary, summarize
+from cnnkit.cli.models_cmd import OUTPUTS
 from cnnkit.utils import CnnkitError
 
 
@@ -15,6 +15,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from cnnkit.inference.load import output_kind  # noqa: PLC0415  (torch: not for --help)
+    from cnnkit.models import create_model, get_model_cfg  # noqa: PLC0415
+    from cnnkit.models._summary import format_summary, summarize  # noqa: PLC0415
     cfg = get_model_cfg(args.model)
     input_size = tuple(args.input_size or cfg["input_size"])
     kwargs = dict(args.model_args, in_chans=input_size[0])
@@ -31,4 +34,6 @@ def run(args) -> int:
         raise CnnkitError(f"{args.model} cannot run on input {input_size}: "
                           f"{str(exc).splitlines()[0]}") from None
     print(format_summary(summary))
+    kind = output_kind(model)
+    print(f"output: {kind}: {OUTPUTS[kind]}")
     return 0

@@ -23,6 +23,8 @@ def run(args) -> int:
             score = f"test mIoU: {result.test.miou:.4f}"
         elif hasattr(result.test, "stats"):  # detection: COCO box AP
             score = f"test box AP: {result.test.stats['bbox']['AP']:.4f}"
+        elif isinstance(result.test, dict):  # pose
+            score = f"test PCK@0.2: {result.test['pck']:.4f}"
         else:
             score = f"test accuracy: {result.test.top1:.4f}"
         print(f"{score}  (run folder: {result.run_dir})")

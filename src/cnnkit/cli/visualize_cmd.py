@@ -22,7 +22,8 @@ def add_arguments(parser) -> None:
     p.add_argument("checkpoint")
     p.add_argument("image", type=Path)
     p.add_argument("--target", type=int, help="class index to explain (default: the predicted)")
-    p.add_argument("--layer", help="conv layer for Grad-CAM (default: the last)")
+    p.add_argument("--layer", help="module whose output maps Grad-CAM weighs (default: the last "
+                   "conv layer's rectified maps, e.g. relu2 for LeNet)")
     p.add_argument("-o", "--output", type=Path, default=Path("saliency.png"))
     p = sub.add_parser("receptive-field", help="per-layer receptive field and jump of a model")
     p.add_argument("model")
@@ -54,8 +55,9 @@ def run(args) -> int:
             raise CnnkitError(f"--target must be a class index in 0..{len(classes) - 1}")
         sal, target = inside.saliency(model, x, args.target)
         cam, _ = inside.grad_cam(model, x, target, layer=args.layer)
-        out = inside.plot_heatmaps(image, sal, cam, f"explaining class '{classes[target]}'",
-                                   args.output)
+        # both explain the pre-softmax score of the class (LeNet: the input of its LogSoftmax)
+        out = inside.plot_heatmaps(image, sal, cam, f"explaining class '{classes[target]}' "
+                                   "(its pre-softmax score)", args.output)
     print(f"wrote {out}")
     return 0
 

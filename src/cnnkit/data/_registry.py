@@ -18,7 +18,7 @@ from cnnkit.utils import suggest
 DEFAULT_RECIPE: dict[str, Any] = dict(epochs=10, batch_size=128, translate=0)
 
 _MD5 = re.compile(r"[0-9a-f]{32}")
-TASKS = ("classify", "segment", "detect")
+TASKS = ("classify", "segment", "detect", "translate", "pose")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,8 +49,13 @@ class DatasetInfo:
     loader: Callable[..., Any]
     # "classify": one label per image (ArrayDataset); "segment": one per pixel (SegmentationDataset);
     # "detect": boxes, and masks or keypoints where the set has them (DetectionDataset).
+    # "translate": two unpaired domains, A and B (data/unpaired.py's UnpairedDataset).
+    # "pose": one person per image, its joints (data/lsp.py's PoseDataset); classes = joint names.
     task: str = "classify"
     splits: tuple[str, ...] = ("train", "test")  # load_dataset's (camvid, detfolder: + "val")
+    # Pose sets: the limbs (pairs of 0-based joints) and the left/right joint pairs a flip swaps.
+    skeleton: tuple[tuple[int, int], ...] = ()
+    flip_pairs: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self):
         # Checked here, at import, so that a typo fails every test rather than one download.
@@ -87,8 +92,24 @@ def list_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
+# "FORMAT:PATH" names (`--dataset yolo:data/signs`): FORMAT → a function (name, path) that makes
+# the entry, so a user's folder needs no registration of its own.
+_PATH_FORMATS: dict[str, Callable[[str, str], DatasetInfo]] = {}
+
+
+def register_path_format(prefix: str, factory: Callable[[str, str], DatasetInfo]) -> None:
+    """Let `get_dataset_info("<prefix>:PATH")` return `factory(name, PATH)`."""
+    if prefix in _PATH_FORMATS:
+        raise ValueError(f"data set format '{prefix}:' is registered twice")
+    _PATH_FORMATS[prefix] = factory
+
+
 def get_dataset_info(name: str) -> DatasetInfo:
-    """The entry of `name`; an unknown name raises a CnnkitError listing the closest ones."""
+    """The entry of `name` (or of a "FORMAT:PATH" name, e.g. "coco-json:data/mine"); an unknown
+    name raises a CnnkitError listing the closest ones."""
+    prefix, sep, path = name.partition(":")
+    if sep and prefix in _PATH_FORMATS and name not in _DATASETS:
+        return _PATH_FORMATS[prefix](name, path)
     if name not in _DATASETS:
         raise suggest(name, _DATASETS, "data set")
     return _DATASETS[name]

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnkit.data._registry import DatasetInfo, get_dataset_info, list_datasets, register_dataset
+from cnnkit.data._registry import (DatasetInfo, get_dataset_info, list_datasets, register_dataset,
+                                   register_path_format)
 from cnnkit.data.array_dataset import ArrayDataset, channel_stats, convert_dataset, resize_images
 from cnnkit.data.download import fetch, require_file, resolve_url
 from cnnkit.data.formats import read_cifar10, read_idx, read_idx_pair
@@ -22,6 +23,8 @@ from cnnkit.data import mnist_det, mnist_seq
 from cnnkit.data.det_formats import read_oxford_pets, read_voc
 from cnnkit.data.detection import DetectionDataset, from_annotations
 from cnnkit.data.detfolder import load_detection_folder
+from cnnkit.data import lsp
+from cnnkit.data.unpaired import load_unpaired
 from cnnkit.data.segmentation import (IGNORE_INDEX, LabelMap, SegmentationDataset, assemble,
                                       load_segmentation_folder, pair_files, read_class_file)
 from cnnkit.utils import CnnkitError, suggest
@@ -36,8 +39,8 @@ DIGITS_MEAN, DIGITS_STD = 0.3054, 0.3246
 
 def load_dataset(name: str, split: str = "train", *, data_dir: str | Path = DEFAULT_DATA_DIR,
                  mirror: str | None = None, download: bool = True, image_size: int | None = None,
-                 channels: int | None = None, quiet: bool = False, skip_bad: bool = False
-                 ) -> ArrayDataset | SegmentationDataset | DetectionDataset:
+                 channels: int | None = None, quiet: bool = False, skip_bad: bool = False,
+                 strict: bool = False) -> ArrayDataset | SegmentationDataset | DetectionDataset:
     """Decode data set `name`'s `split` ("train" or "test"; camvid also "val") into memory.
 
     Downloads missing files into `data_dir/<name>/` (from `mirror` or $CNNKIT_MIRROR where set)
@@ -50,12 +53,17 @@ def load_dataset(name: str, split: str = "train", *, data_dir: str | Path = DEFA
     skip_bad (detection sets only; with any other a one-line CnnkitError, since nothing there
     could be skipped): leave out bad annotations and unreadable images, each listed in one line
     in the result's `skipped`, instead of raising a CnnkitError at the first.
+
+    strict ("imagefolder"): stop at the first unreadable image; without it such files are
+    skipped, listed in one warning line and in the result's `skipped`.
     """
     info = get_dataset_info(name)
     if split not in info.splits:
         raise suggest(split, info.splits, "split")
     # Only the loaders of task "detect" take skip_bad (mnist-det's draws nothing bad to skip).
     extra = {"skip_bad": skip_bad} if info.task == "detect" else {}
+    if name == "imagefolder":
+        extra["strict"] = strict
     if skip_bad and info.task != "detect":
         raise CnnkitError(f"skip_bad (--skip-bad) is for detection data sets; {name} is a "
                           f"{info.task} set")
@@ -108,14 +116,14 @@ def _load_mnist_seq(info: DatasetInfo, split: str, *, image_size, channels, **fe
 
 
 def _load_imagefolder(info: DatasetInfo, split: str, *, data_dir, image_size, channels, quiet,
-                      **_fetch_options):
+                      strict=False, **_fetch_options):
     """The user's own folder, decoded whole; classes and statistics come from its images."""
     if data_dir == DEFAULT_DATA_DIR:
         raise CnnkitError("imagefolder needs data_dir (--data-dir) set to your image folder: "
                           "ROOT/<class>/*.png|jpg, or ROOT/train and ROOT/test")
     return load_imagefolder(data_dir, split, image_size=image_size,
                             channels=channels or info.channels, hflip_ok=info.hflip_ok,
-                            quiet=quiet)
+                            quiet=quiet, strict=strict)
 
 
 def _load_segfolder(info: DatasetInfo, split: str, *, data_dir, image_size, channels, quiet,
@@ -142,6 +150,9 @@ _SHARED_FOLDERS = {
     "raccoon": ("raccoon", "images/raccoon-N.jpg, annotations/raccoon-N.xml, train.txt, test.txt"),
     "oxford-pets-det": ("oxford-pets-sample", "images/*.jpg, annotations/trimaps/*.png, "
                         "annotations/list.txt, trainval.txt and test.txt"),
+    "horse2zebra": ("horse2zebra-128", "trainA/ trainB/ testA/ testB/ *.jpg"),
+    "horse2zebra-domains": ("horse2zebra-128", "trainA/ trainB/ testA/ testB/ *.jpg"),
+    "lsp": ("lsp", "images/im0001.jpg .. im2000.jpg and joints.mat or joints.csv"),
 }
 ISBI_TRAIN_SLICES, ISBI_TEST_SLICES = range(0, 25), range(25, 30)
 PETS_SIZE = 160  # every photo resized (shorter side) and centre-cropped to PETS_SIZE²
@@ -206,6 +217,62 @@ def _load_camvid(info: DatasetInfo, split: str, *, data_dir, image_size, channel
     return assemble(pairs, train, label_map, name=info.name,
                     classes=list(info.classes), image_size=image_size, channels=channels,
                     quiet=quiet)
+
+
+def _load_horse2zebra(info: DatasetInfo, split: str, *, data_dir, image_size, channels, quiet,
+                      **_fetch_options):
+    """Unpaired translation (task "translate"): an UnpairedDataset of domains A and B."""
+    if channels not in (None, 3):
+        raise CnnkitError(f"{info.name} is RGB; leave --channels unset")
+    return load_unpaired(_shared_folder(info, data_dir), split, load_size=image_size,
+                         name=info.name, quiet=quiet)
+
+
+# channel_stats() of horse2zebra's 2,401 training photos (trainA + trainB, 128 px), on the 0..1
+# scale; tests/data/test_domains.py recomputes them.
+HORSE2ZEBRA_MEAN, HORSE2ZEBRA_STD = (0.5024, 0.4903, 0.4244), (0.2445, 0.2405, 0.2537)
+
+
+def _load_domains(info: DatasetInfo, split: str, *, data_dir, image_size, channels, quiet,
+                  **_fetch_options):
+    """Two unpaired domains seen as a two-class set, label 0 = domain A, 1 = B: what a CycleGAN's
+    judge (cnnkit.generation.judge) trains on with `cnnkit train`. The domains alternate (A₀ B₀
+    A₁ B₁ ..., the larger one's surplus last), so --train-limit N keeps both classes."""
+    if info.name == "unpaired-domains":
+        if data_dir == DEFAULT_DATA_DIR:
+            raise CnnkitError("unpaired-domains needs data_dir (--data-dir) set to your folder "
+                              "ROOT with trainA/ trainB/ testA/ testB/")
+        root = data_dir
+    else:
+        root = _shared_folder(info, data_dir)
+    ds = load_unpaired(root, split, load_size=image_size, name=info.name, quiet=quiet)
+    rank = torch.cat([torch.arange(len(ds.a)), torch.arange(len(ds.b))])  # place in its domain
+    order = torch.sort(rank, stable=True).indices  # A₀ B₀ A₁ B₁ ...
+    images = torch.cat([ds.a, ds.b])[order]  # (N_A + N_B, 3, H, W)
+    labels = torch.cat([torch.zeros(len(ds.a)), torch.ones(len(ds.b))]).long()[order]
+    if info.mean is not None:
+        mean, std = info.mean, info.std
+    elif split == "train":
+        mean, std = channel_stats(images)
+    else:  # the training images' statistics, also for the test split
+        mean, std = _domain_stats(str(root), image_size)
+    out = ArrayDataset(images, labels, list(info.classes), info.name, info.hflip_ok, mean, std)
+    return convert_dataset(out, None, channels)
+
+
+@functools.lru_cache(maxsize=2)
+def _domain_stats(root: str, image_size: int | None):
+    train = load_unpaired(root, "train", load_size=image_size)
+    return channel_stats(torch.cat([train.a, train.b]))
+
+
+def _load_lsp(info: DatasetInfo, split: str, *, data_dir, image_size, channels, quiet,
+              **_fetch_options):
+    """Pose (task "pose"): a PoseDataset of uint8 images at their own size (data/lsp.py)."""
+    if image_size or channels not in (None, 3):
+        raise CnnkitError(f"{info.name} keeps its images' own size and RGB (the pose pipeline "
+                          f"crops each person); leave --image-size and --channels unset")
+    return lsp.load_lsp(_shared_folder(info, data_dir), split, quiet=quiet)
 
 
 # Detection (task "detect"): a DetectionDataset of uint8 images at their own size; the detectors
@@ -454,6 +521,95 @@ register_dataset(DatasetInfo(
     source="a local folder (data_dir=ROOT)",
     recipe=dict(epochs=20, batch_size=4, max_scale=1.25),
     loader=_load_detfolder))
+
+
+def _path_format(fmt: str, name: str, path: str) -> DatasetInfo:
+    """`--dataset coco-json:PATH` (or yolo:, voc:): detfolder's entry for the folder PATH (its
+    train/ and test/ or val/), whose splits must hold annotations in `fmt`."""
+    from dataclasses import replace  # noqa: PLC0415
+    from cnnkit.data.detfolder import detect_format  # noqa: PLC0415
+
+    if not path:
+        raise CnnkitError(f"data set '{name}': give the folder after the colon, e.g. "
+                          f"{name}data/mine (ROOT/train and ROOT/test)")
+    root = Path(path).expanduser()
+
+    def loader(info, split, *, image_size, channels, quiet, skip_bad=False, **_fetch_options):
+        _native_only(info, image_size, channels)
+        # The train split gives the classes, so it is read for every split: check both.
+        wanted = ("train", *(("test", "val") if split == "test" else (split,)))
+        for folder in [root / s for s in wanted if (root / s).is_dir()][:2]:
+            found = detect_format(folder)[0]
+            if found != fmt:
+                raise CnnkitError(f"{name}: {folder} holds {found.upper()} annotations, not "
+                                  f"{fmt.upper()}; use --dataset {FORMAT_PREFIXES[found]}:{path}")
+        return load_detection_folder(root, split, skip_bad=skip_bad, quiet=quiet)
+
+    detfolder = get_dataset_info("detfolder")
+    return replace(detfolder, name=name, source=str(root), loader=loader,
+                   description=f"{fmt.upper()} detection folder {root} (ROOT/train + ROOT/test)")
+
+
+# The prefix a FORMAT:PATH data set takes for each of detfolder's formats.
+FORMAT_PREFIXES = {"coco": "coco-json", "yolo": "yolo", "voc": "voc"}
+for _fmt, _prefix in FORMAT_PREFIXES.items():
+    register_path_format(_prefix, functools.partial(_path_format, _fmt))
+
+
+
+# Unpaired translation (task "translate"): two domains, no labels; `cnnkit cyclegan train` reads
+# them. recipe: the paper's schedule (100 epochs at a constant rate + 100 decaying, batch 1); the
+# CycleGAN config's own defaults are a shorter CPU recipe.
+
+register_dataset(DatasetInfo(
+    name="horse2zebra", description="CycleGAN's horse2zebra (Zhu et al. 2017; ImageNet photos), "
+    "downscaled to 128×128: domain A horses (1,067 train / 120 test), domain B zebras (1,334 / "
+    "140), unpaired",
+    num_classes=2, classes=("horse", "zebra"), channels=3, image_size=128, train_size=2401,
+    test_size=260, hflip_ok=True, task="translate",
+    source="https://github.com/junyanz/pytorch-CycleGAN-and-pix2pix (datasets/horse2zebra, "
+           "256×256)",
+    recipe=dict(epochs=200, batch_size=1),
+    loader=_load_horse2zebra))
+
+# The same photos as a classification set (task "classify"), for the judge of a CycleGAN's
+# translations (`cnnkit cyclegan eval`). recipe: 64 px (the CycleGAN's default crop), shifts and
+# flips, 6 epochs: resnet18 reaches 91% test accuracy in ~8 minutes on 2 CPU cores (README.md).
+register_dataset(DatasetInfo(
+    name="horse2zebra-domains", description="horse2zebra's two domains as two classes: horse "
+    "(trainA / testA), zebra (trainB / testB); 64×64 by default (recipe), --image-size to change",
+    num_classes=2, classes=("horse", "zebra"), channels=3, image_size=128, train_size=2401,
+    test_size=260, hflip_ok=True,
+    source="horse2zebra's folder (DATA_DIR/horse2zebra-128, see horse2zebra)",
+    mean=HORSE2ZEBRA_MEAN, std=HORSE2ZEBRA_STD,
+    recipe=dict(epochs=6, batch_size=64, translate=4, image_size=64),
+    loader=_load_domains))
+
+register_dataset(DatasetInfo(
+    name="unpaired-domains", description="your unpaired folder ROOT (trainA/ trainB/ testA/ "
+    "testB/) as two classes, A and B, for judging a CycleGAN trained with --data-dir ROOT; "
+    "64×64 by default (recipe)",
+    num_classes=2, classes=("A", "B"), channels=3, image_size=0, train_size=0, test_size=0,
+    hflip_ok=True, source="a local folder (data_dir=ROOT)",
+    mean=None, std=None,  # the folder's own training images'
+    recipe=dict(epochs=6, batch_size=64, translate=4, image_size=64),
+    loader=_load_domains))
+
+
+# Pose (task "pose"): one person per image; classes are the joints. recipe: batch 32 as the HRNet
+# reference (experiments/coco/hrnet/w32_256x192_adam_lr1e-3.yaml: 210 epochs, 32 per GPU), 120
+# epochs: pose_hrnet_w16_small at 128×96 reaches test PCK@0.2 0.70 in 11 min on 2 CPU cores.
+
+register_dataset(DatasetInfo(
+    name="lsp", description="Leeds Sports Pose (Johnson & Everingham 2010): 2,000 sports "
+    "photos, one person, 14 joints (occluded ones annotated too; joints.mat flag 0 = visible); "
+    "im0001-im1000 train, im1001-im2000 test",
+    num_classes=len(lsp.JOINT_NAMES), classes=lsp.JOINT_NAMES, channels=3, image_size=0,
+    train_size=1000, test_size=1000, hflip_ok=True, task="pose",
+    source="http://sam.johnson.io/research/lsp.html",
+    recipe=dict(epochs=120, batch_size=32),
+    skeleton=lsp.SKELETON, flip_pairs=lsp.FLIP_PAIRS,
+    loader=_load_lsp))
 
 
 # --- the sources ---

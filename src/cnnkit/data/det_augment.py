@@ -126,6 +126,40 @@ def colour_jitter(image: torch.Tensor, brightness: float, contrast: float, satur
     return x.round_().clamp_(0, 255).to(image.dtype)
 
 
+# --- colour: HSV gains (ultralytics RandomHSV, hgain 0.015, sgain 0.7, vgain 0.4) ---
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) RGB in [0, 1] → HSV, hue in [0, 1)."""
+    r, g, b = x
+    value, _ = x.max(dim=0)
+    low, _ = x.min(dim=0)
+    delta = value - low
+    sat = torch.where(value > 0, delta / value.clamp(min=1e-12), torch.zeros_like(value))
+    d = delta.clamp(min=1e-12)
+    hue = torch.where(value == r, (g - b) / d, torch.where(value == g, 2 + (b - r) / d, 4 + (r - g) / d))
+    hue = torch.where(delta > 0, (hue / 6) % 1.0, torch.zeros_like(hue))
+    return torch.stack([hue, sat, value])
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of _rgb_to_hsv (the standard six-sector formula)."""
+    hue, sat, value = x
+    k = torch.stack([(5 + hue * 6) % 6, (3 + hue * 6) % 6, (1 + hue * 6) % 6])  # R, G, B
+    return value - value * sat * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def hsv_jitter(image: torch.Tensor, gains: tuple[float, float, float],
+               generator: torch.Generator) -> torch.Tensor:
+    """Multiply saturation and value by random factors in [1 - g, 1 + g] and shift the hue by
+    up to ± g_h of the colour circle, as ultralytics does with OpenCV's lookup tables."""
+    r = (2 * torch.rand(3, generator=generator) - 1) * torch.tensor(gains)
+    hsv = _rgb_to_hsv(image.float() / 255)
+    hsv[0] = (hsv[0] + r[0]) % 1.0
+    hsv[1] = (hsv[1] * (1 + r[1])).clamp_(0, 1)
+    hsv[2] = (hsv[2] * (1 + r[2])).clamp_(0, 1)
+    return (_hsv_to_rgb(hsv) * 255).round_().to(image.dtype)
+
+
 class DetectionAugment:
     """Random scale jitter, crop, horizontal flip and colour jitter of (image, target).
 
@@ -133,16 +167,17 @@ class DetectionAugment:
     crop_size: a window of this side (int) or (height, width) at a uniform integer position,
     shrunk to the image where the image is smaller; None off. hflip: mirror with probability ½
     (flip_index: the keypoints' left/right permutation). colour: brightness, contrast and
-    saturation factors drawn from [1 - colour, 1 + colour]; 0 off.
+    saturation factors drawn from [1 - colour, 1 + colour]; 0 off. hsv: YOLO's (hue, saturation,
+    value) gains (ultralytics RandomHSV, see hsv_jitter); None off.
 
-    Draw order (one generator): scale, crop position (2), flip coin, colour factors (3) — only
-    those of the enabled ops.
+    Draw order (one generator): scale, crop position (2), flip coin, colour factors (3), HSV
+    gains (3) — only those of the enabled ops.
     """
 
     def __init__(self, *, hflip: bool = True, scale: tuple[float, float] = (1.0, 1.0),
                  crop_size: int | tuple[int, int] | None = None, colour: float = 0.0,
                  flip_index: Sequence[int] | None = None, min_visible: float = MIN_VISIBLE,
-                 min_size: float = MIN_SIZE):
+                 min_size: float = MIN_SIZE, hsv: tuple[float, float, float] | None = None):
         if not 0 < scale[0] <= scale[1]:
             raise ValueError(f"scale must be a range 0 < low ≤ high, got {scale}")
         if isinstance(crop_size, int):
@@ -155,10 +190,12 @@ class DetectionAugment:
             (float(scale[0]), float(scale[1])), crop_size, float(colour)
         self.flip_index = list(flip_index) if flip_index is not None else None
         self.min_visible, self.min_size = min_visible, min_size
+        self.hsv = tuple(hsv) if hsv is not None and any(hsv) else None
 
     @property
     def active(self) -> bool:
-        return bool(self.hflip or self.crop_size or self.colour or self.scale != (1.0, 1.0))
+        return bool(self.hflip or self.crop_size or self.colour or self.hsv
+                    or self.scale != (1.0, 1.0))
 
     def __call__(self, image: torch.Tensor, target: dict[str, Any], generator: torch.Generator
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -182,8 +219,10 @@ class DetectionAugment:
         if self.colour:
             b, c, s = (1 + self.colour * (2 * torch.rand(3, generator=generator) - 1)).tolist()
             image = colour_jitter(image, b, c, s)
+        if self.hsv is not None:
+            image = hsv_jitter(image, self.hsv, generator)
         return image, target
 
     def __repr__(self) -> str:
         return (f"DetectionAugment(hflip={self.hflip}, scale={self.scale}, "
-                f"crop_size={self.crop_size}, colour={self.colour})")
+                f"crop_size={self.crop_size}, colour={self.colour}, hsv={self.hsv})")

@@ -15,6 +15,7 @@ import torch
 from cnnkit.data.det_augment import DetectionAugment
 from cnnkit.data.detection import DetectionDataset
 from cnnkit.data.loader import _BatchPipeline
+from cnnkit.data.mosaic import Mosaic
 
 
 class DetectionLoader(_BatchPipeline):
@@ -28,12 +29,15 @@ class DetectionLoader(_BatchPipeline):
 
     def __init__(self, ds: DetectionDataset, batch_size: int, *, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, augment: DetectionAugment | None = None,
-                 rank: int = 0, world_size: int = 1):
+                 mosaic: Mosaic | None = None, rank: int = 0, world_size: int = 1):
         # mean/std are the identity: the detectors normalise inside.
         super().__init__(len(ds), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed,
                          augment=augment, channels_last=False, rank=rank, world_size=world_size,
                          mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
         self.dataset = ds
+        # YOLO's mosaic comes before the per-sample augmentation; the task turns it off for the
+        # last epochs (`mosaic = None`), as ultralytics' close_mosaic does.
+        self.mosaic = mosaic
 
     def __iter__(self) -> Iterator[tuple[list[torch.Tensor], list[dict[str, Any]]]]:
         order = self.epoch_indices().tolist()
@@ -42,6 +46,9 @@ class DetectionLoader(_BatchPipeline):
             images, targets = [], []
             for i in order[start:start + self.batch_size]:
                 image, target = self.dataset.images[i], self.dataset.targets[i]
+                if self.mosaic is not None:
+                    image, target = self.mosaic(self.dataset.images, self.dataset.targets, i,
+                                                generator)
                 if self.augment is not None:
                     image, target = self.augment(image, target, generator)
                 images.append(image.float().div_(255))

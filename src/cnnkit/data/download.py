@@ -40,25 +40,57 @@ def fetch(url: str, dest: Path, md5: str, *, quiet: bool = False) -> Path:
 
     A present file with the right MD5 is kept as it is; a present file with a wrong one is
     fetched again. Any failure (HTTP error, refused connection, truncated transfer, MD5 mismatch)
-    removes the partial download and any corrupt copy, and raises a one-line CnnkitError naming the
-    file, the URL, the expected MD5 and what was received instead.
+    removes the partial download, any corrupt copy and the folders this call created, and raises
+    a one-line CnnkitError naming the file, the URL, the expected MD5 and what was received
+    instead.
     """
     dest = Path(dest)
     if dest.is_file():
         if md5_of(dest) == md5:
             return dest
         dest.unlink()  # corrupt or from another version: never served as the data
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as tmp:  # removed on any exception, renamed onto dest on success
-        problem = _download(url, tmp, dest.name, quiet)
-        if problem is None:
-            received = md5_of(tmp)
-            if received != md5:
-                problem = f"md5 {received} ({tmp.stat().st_size:,} bytes)"
-        if problem is not None:
-            raise CnnkitError(f"download of {dest.name} from {url} failed: expected md5 {md5}, "
-                              f"received {problem}; nothing was kept in {dest.parent}")
+    created = _make_folder(dest.parent)
+    try:
+        with atomic_path(dest) as tmp:  # removed on any exception, renamed onto dest on success
+            problem = _download(url, tmp, dest.name, quiet)
+            if problem is None:
+                received = md5_of(tmp)
+                if received != md5:
+                    problem = f"md5 {received} ({tmp.stat().st_size:,} bytes)"
+            if problem is not None:
+                raise CnnkitError(f"download of {dest.name} from {url} failed: expected md5 "
+                                  f"{md5}, received {problem}; nothing was kept in "
+                                  f"{dest.parent}")
+    except BaseException as err:
+        # Leave the disk as it was: no empty data/mnist/ in a folder the user owns.
+        for folder in reversed(created):
+            _remove_if_empty(folder)
+        if isinstance(err, OSError):  # mkstemp or the rename in a folder we cannot write
+            raise CnnkitError(f"cannot write {dest} ({err.strerror or err}); choose a writable "
+                              f"--data-dir") from None
+        raise
     return dest
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """mkdir -p `folder`; returns the folders it created, outermost first. A folder that
+    cannot be created (read-only place, a file in the way) is a one-line CnnkitError."""
+    missing = [p for p in (folder, *folder.parents) if not p.is_dir()][::-1]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        for made in reversed(missing):
+            _remove_if_empty(made)
+        raise CnnkitError(f"cannot write the data folder {folder} ({err.strerror or err}); "
+                          f"choose a writable --data-dir") from None
+    return missing
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # refuses a folder that holds anything
+    except OSError:
+        pass
 
 
 def _download(url: str, tmp: Path, name: str, quiet: bool) -> str | None:

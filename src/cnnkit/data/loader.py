@@ -16,6 +16,7 @@ import torch
 from cnnkit.data.array_dataset import ArrayDataset
 from cnnkit.data.augment import BatchAugment
 from cnnkit.data.imagefolder import ImageFolderDataset
+from cnnkit.utils import CnnkitError
 
 _PERMUTATION, _AUGMENTATION = 0, 1  # independent random streams of an epoch
 
@@ -127,6 +128,12 @@ class StreamingLoader(_BatchPipeline):
     parallel, the DataLoader collates uint8 batches in the order of this rank's epoch indices,
     and the same BatchAugment and normalisation run on each whole batch. For the same folder,
     seed and epoch it yields the same batches as InMemoryLoader on load_imagefolder's result.
+
+    A file that fails to decode in a worker comes back marked (label -1) rather than as the
+    worker's multi-line traceback; this process decodes it again, so a strict data set (or any
+    other error) stops with its one-line CnnkitError, and otherwise the file is warned about
+    once and dropped from its batch. An evaluation pass (shuffle=False) then forgets it, so the
+    data set's length is what was evaluated.
     """
 
     def __init__(self, ds: ImageFolderDataset, batch_size: int, *, shuffle: bool,
@@ -142,7 +149,36 @@ class StreamingLoader(_BatchPipeline):
         order = self.epoch_indices().tolist()
         generator = self._augment_generator()
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=order, drop_last=self.drop_last,
-            num_workers=self.num_workers, persistent_workers=False)
-        for x, y in loader:  # x: uint8 (B, C, H, W), y: int64 (B,)
+            _Marked(self.dataset), batch_size=self.batch_size, sampler=order,
+            drop_last=self.drop_last, num_workers=self.num_workers, persistent_workers=False)
+        failed = []
+        # The DataLoader batches `order` as _batch_bounds does: batch k is order[start:start+B].
+        for start, (x, y) in zip(self._batch_bounds(len(order)), loader):
+            # x: uint8 (B, C, H, W), y: int64 (B,)
+            marked = (y < 0).nonzero().flatten().tolist()
+            if marked:
+                failed += self.dataset.unreadable([order[start + j] for j in marked])
+                x, y = x[y >= 0], y[y >= 0]
+                if len(y) == 0:
+                    continue
             yield self._finish(x, generator), y
+        if failed and not self.shuffle:
+            self.dataset.forget(failed)
+            self.num_samples = len(self.dataset)
+
+
+class _Marked(torch.utils.data.Dataset):
+    """ds[i], or (a blank image, -1) where decoding raised: StreamingLoader decides, in its own
+    process, what the failure means."""
+
+    def __init__(self, ds: ImageFolderDataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        try:
+            return self.ds[i]
+        except CnnkitError:
+            return torch.zeros(self.ds.image_shape, dtype=torch.uint8), -1

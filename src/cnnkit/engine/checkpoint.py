@@ -21,6 +21,7 @@ This module sits at the bottom of the import graph (torch and cnnkit.utils only)
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +45,7 @@ TASKS: dict[str, TaskInfo] = {
                                           "generate-eval --classifier")),
     "segment": TaskInfo("cnnkit train", ("eval", "predict", "export")),
     "detect": TaskInfo("cnnkit train", ("eval", "predict")),
+    "pose": TaskInfo("cnnkit train", ("eval", "predict")),
     "ddpm": TaskInfo("cnnkit diffusion train", ("sample",)),
     "dcgan": TaskInfo("cnnkit gan train", ("sample",)),
 }
@@ -57,7 +59,10 @@ def register_task(name: str, train_command: str, used_by: tuple[str, ...]) -> No
 
 
 def new_run_dir(out_dir: str | Path, name: str | None, prefix: str) -> Path:
-    """runs/<name>/ (default name: <prefix>-<time>), refusing a folder that already holds a run."""
+    """runs/<name>/ (default name: <prefix>-<time>), refusing a folder that already holds a run.
+    The prefix may hold a data set given as FORMAT:PATH: its separators become "_", so the
+    default is one folder, not a path."""
+    prefix = re.sub(r"[/\\:]+", "_", prefix).strip("_.")
     run_dir = Path(out_dir) / (name or f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}")
     if (run_dir / "last.pt").exists():
         raise CnnkitError(f"run folder {run_dir} already holds a run; continue it with "

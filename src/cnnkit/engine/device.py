@@ -3,17 +3,24 @@
 `--device auto` is CUDA when a GPU is visible, else the CPU. `--precision auto` is measured-fast
 bf16 where the hardware computes it natively (CPUs with AMX or AVX512-BF16; GPUs with bf16
 support), fp16 on older GPUs (with a GradScaler in the run engine), and fp32 elsewhere.
+`choose_threads` picks torch's CPU threads (the rule and its measurements are in its docstring).
 """
 from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
 from cnnkit.utils import CnnkitError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Inference work per call below which one thread is used: ~4 LeNet images. Splitting ops this
+# small across threads costs more in synchronisation than it saves (benchmarks/threads.py:
+# LeNet batch 1, 2.3 M multiply-adds, was no faster on 2 threads than on 1, measured on a
+# machine loaded by other work; an idle machine was not available to measure).
+SMALL_INFERENCE_MACS = 10_000_000
 
 
 def native_bf16() -> bool:
@@ -22,6 +29,68 @@ def native_bf16() -> bool:
         return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
     except AttributeError:  # private helpers: absent on other builds means "don't know"
         return False
+
+
+# --- CPU threads ---
+
+def physical_cores() -> int:
+    """Physical cores this process may run on: hyperthread siblings count once (two threads on
+    one core share its arithmetic units, so the second adds contention, not speed)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(),
+                       (topology / "core_id").read_text().strip()))
+        except OSError:  # no sysfs (a container may hide it): count the CPU itself
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
+
+
+def choose_threads(requested: int = 0, *, training: bool = True, work_macs: int | None = None,
+                   deterministic: bool = False) -> tuple[int, str]:
+    """(torch intra-op threads, why) for a process about to train or run inference.
+
+    The rule, from benchmarks/threads.py on a 2-core machine shared with other work (load
+    average 2–5), where 2 threads against 1 were 11× slower on LeNet/MNIST training steps,
+    2.6–6.4× slower on LeNet batch-256 and ResNet-18 inference, and equal on LeNet batch 1:
+    threads that synchronise at every op stall whenever the OS runs someone else on one of
+    their cores. So:
+      1. `--threads N` (requested > 0), or $OMP_NUM_THREADS when set, wins;
+      2. inference of fewer than SMALL_INFERENCE_MACS multiply-adds per call: 1 thread;
+      3. otherwise the physical cores not already busy: cores − the 1-minute load average,
+         rounded, at least 1 — all of them on an idle machine (where more threads do pay off
+         for real work), fewer when other processes already run. `deterministic` runs skip the
+         load term, so that a rerun uses the same threads and computes bit-identically.
+    """
+    if requested > 0:
+        return requested, "--threads"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), "$OMP_NUM_THREADS"
+    cores = physical_cores()
+    if not training and work_macs is not None and work_macs < SMALL_INFERENCE_MACS:
+        return 1, (f"{work_macs / 1e6:.1f} M multiply-adds per call: too little work to split "
+                   f"across threads")
+    if deterministic or not hasattr(os, "getloadavg"):
+        return cores, f"{cores} physical core{'s' * (cores != 1)}"
+    load = os.getloadavg()[0]
+    free = max(1, min(cores, round(cores - load)))
+    if free == cores:
+        return cores, f"{cores} physical core{'s' * (cores != 1)}, load average {load:.1f}"
+    return free, (f"{cores} physical cores, load average {load:.1f}: threads waiting on busy "
+                  f"cores are slower than fewer; --threads or $OMP_NUM_THREADS overrides")
+
+
+def set_threads(requested: int = 0, **kwargs) -> str:
+    """Apply `choose_threads` and return the line that says it: "threads: N (why)"."""
+    n, why = choose_threads(requested, **kwargs)
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return f"threads: {n} ({why})"
 
 
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:

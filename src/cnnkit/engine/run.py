@@ -45,7 +45,8 @@ from torch.nn.parallel import DistributedDataParallel
 from cnnkit.engine.checkpoint import (TASKS, checkpoint_path, load_checkpoint, new_run_dir,
                                       save_checkpoint, FORMAT_VERSION)
 from cnnkit.engine.config import RunConfig, merge_for_resume
-from cnnkit.engine.device import autocast, resolve_device, resolve_precision, to_device
+from cnnkit.engine.device import (autocast, resolve_device, resolve_precision, set_threads,
+                                 to_device)
 from cnnkit.engine.distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier,
                                        on_main, setup, sync_batchnorm, teardown)
 from cnnkit.utils import CnnkitError, atomic_write_text
@@ -67,6 +68,14 @@ def progress_bar(total: int, desc: str, quiet: bool):
     from tqdm import tqdm  # noqa: PLC0415  (only once there is something to show)
     return tqdm(total=total, desc=desc, leave=False, disable=quiet or not sys.stderr.isatty(),
                 dynamic_ncols=True)
+
+
+def _absolute_data_dir(config: RunConfig) -> RunConfig:
+    """`config` with its data_dir (where a task has one) user-expanded and absolute."""
+    data_dir = getattr(config, "data_dir", None)
+    if isinstance(data_dir, str) and data_dir:
+        config.data_dir = str(Path(data_dir).expanduser().resolve())
+    return config
 
 
 class Run:
@@ -129,15 +138,21 @@ class Run:
                                   f"it still loads for inference but cannot be resumed; start "
                                   f"a new run")
             run_dir = path.parent
+            if "data_dir" in config.given_fields():  # compared with the saved absolute path
+                config = _absolute_data_dir(config)
             config, notes = merge_for_resume(ckpt["config"], config)
         config.resolve()
+        # config.yaml and the checkpoint name the data by an absolute path: `cnnkit eval RUN`
+        # from another folder then reads the same files.
+        config = _absolute_data_dir(config)
         device = resolve_device(config.device)
         config.precision = resolve_precision(config.precision, device)  # recorded resolved
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        # --threads, else physical cores not busy with other work (device.choose_threads)
+        threads = set_threads(config.threads, deterministic=config.deterministic)
         torch.manual_seed(config.seed)
         torch.use_deterministic_algorithms(config.deterministic)
         log = log if env.is_main else (lambda *_: None)
+        log(threads)  # the run header's first line: "threads: N (why)"
         if folder and run_dir is None:
             # Rank 0 names the folder (a timestamped default differs between processes).
             run_dir = on_main(env, new_run_dir, config.out_dir, config.name, prefix)
@@ -348,9 +363,29 @@ class Run:
             # Leave together: a rank that destroys the group while rank 0 still writes its
             # figures can abort inside gloo ("terminate called without an active exception").
             barrier(self.env)
+        else:
+            self._remove_unstarted_folder()
         teardown(self.env)
 
     # --- internals ---
+
+    def _remove_unstarted_folder(self) -> None:
+        """A new run that failed before its first checkpoint takes back what it wrote (the
+        config.yaml, metrics.csv or TensorBoard files) and its folder, so the same --name starts
+        afresh. A folder holding a checkpoint is never touched: that would lose work."""
+        folder = self.dir
+        if folder is None or self.resuming or not self.env.is_main or not folder.is_dir():
+            return
+        if any(folder.glob("*.pt")):
+            return
+        for name in ("config.yaml", "metrics.csv"):
+            (folder / name).unlink(missing_ok=True)
+        for events in folder.glob("events.out.tfevents.*"):
+            events.unlink()
+        try:
+            folder.rmdir()  # only when empty: files the run did not write stay
+        except OSError:
+            pass
 
     def _catch_signals(self) -> None:
         """SIGTERM/SIGINT set a flag that the loop reads at the next step boundary; the

@@ -45,10 +45,17 @@ def _to_cpu(prediction: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def detect_files(loaded, paths: Sequence[str | Path], out_dir, *,
-                 score_threshold: float = 0.5) -> list[tuple[Path, dict]]:
+                 score_threshold: float = 0.5, save_json: str | Path | None = None,
+                 save_txt: str | Path | None = None) -> list[tuple[Path, dict]]:
     """Detect objects in image files with a loaded detection checkpoint; write
     `<stem>_detections.png` per file into `out_dir`. Every file is decoded first, so a bad one
-    stops the command before any output. Returns (figure path, prediction) per file."""
+    stops the command before any output. Returns (figure path, prediction) per file.
+
+    The detections scoring ≥ `score_threshold` also go, where asked, to `save_json` (COCO
+    results: image_id = the file's 1-based position in `paths`, category_id from the run's
+    categories) and to `save_txt`/<stem>.txt (YOLO: `class cx cy w h score` per line, the
+    centre and size as fractions of the image, class = label - 1, the score as ultralytics'
+    save_conf writes it)."""
     from cnnkit.data.imagefolder import decode_image  # noqa: PLC0415
     from cnnkit.viz.detection import draw_detections  # noqa: PLC0415
     from cnnkit.viz.segmentation import save_rgb  # noqa: PLC0415
@@ -65,7 +72,30 @@ def detect_files(loaded, paths: Sequence[str | Path], out_dir, *,
         figure = out_dir / f"{Path(path).stem}_detections.png"
         save_rgb(drawn / 255.0, figure)  # drawn: uint8 (H, W, 3)
         results.append((figure, shown))
+        if save_txt is not None:
+            write_yolo_txt(Path(save_txt) / f"{Path(path).stem}.txt", shown, *image.shape[-2:])
+    if save_json is not None:
+        from cnnkit.train.coco_eval import predictions_to_coco, write_coco_json  # noqa: PLC0415
+        write_coco_json(save_json, predictions_to_coco(
+            [shown for _, shown in results], list(range(1, len(results) + 1)),
+            loaded.spec.get("category_ids")))
     return results
+
+
+def write_yolo_txt(path: str | Path, prediction: dict, height: int, width: int) -> Path:
+    """One image's detections as YOLO txt lines `class cx cy w h score`, normalised by the
+    image's width and height (det_formats.write_yolo's format plus ultralytics' score column);
+    an empty file for an image without detections."""
+    from cnnkit.utils import atomic_write_text  # noqa: PLC0415
+    lines = []
+    for (x1, y1, x2, y2), label, score in zip(prediction["boxes"].double().tolist(),
+                                              prediction["labels"].tolist(),
+                                              prediction["scores"].tolist()):
+        lines.append(f"{label - 1} {(x1 + x2) / 2 / width:.6f} {(y1 + y2) / 2 / height:.6f} "
+                     f"{(x2 - x1) / width:.6f} {(y2 - y1) / height:.6f} {score:.6f}\n")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(lines))
+    return Path(path)
 
 
 # torchvision builders that call overwrite_eps(model, 0.0) for their COCO_V1 weights.

@@ -31,11 +31,33 @@ class LoadedModel:
     spec: dict
     path: Path
 
+    @property
+    def output(self) -> str:
+        """'logits' or 'log_probs' (see `output_kind`)."""
+        return output_kind(self.model)
+
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) → float (x/255 − mean)/std, as the loader did in training."""
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
         return (images.float() / 255 - mean) / std
+
+
+def output_kind(model: nn.Module) -> str:
+    """What `model(x)` returns: 'log_probs' for a model whose last layer is nn.LogSoftmax —
+    LeNet, which keeps the chapter's softmax output layer; 'logits' for every other model with a
+    classifier head (`forward_head`, STYLE.md habit 4: class scores per image or per pixel);
+    'other' for the rest (generators, the DDPM U-Net, detectors, pose and U-Net segmenters).
+
+    Log-probabilities and logits give the same probabilities through softmax (softmax(log p) = p,
+    as p sums to 1) and the same cross-entropy, so `predict` and `eval` need no special case; an
+    exported file says which it returns in its metadata, for programs that read it without
+    PyTorch.
+    """
+    last = next(reversed(list(model.modules())), None)
+    if isinstance(last, nn.LogSoftmax):
+        return "log_probs"
+    return "logits" if hasattr(model, "forward_head") else "other"
 
 
 def load_model(path: str | Path, *, task: str | tuple[str, ...] = "classify", command: str = "",

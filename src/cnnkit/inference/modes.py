@@ -29,8 +29,9 @@ from torch import nn
 from cnnkit.data import load_dataset
 from cnnkit.data.array_dataset import channel_stats
 from cnnkit.data.imagefolder import IMAGE_EXTENSIONS, decode_image, split_files
-from cnnkit.engine.device import autocast, native_bf16
+from cnnkit.engine.device import autocast, native_bf16, set_threads
 from cnnkit.inference.load import LoadedModel
+from cnnkit.models._summary import count_macs
 from cnnkit.utils import CnnkitError
 
 EAGER_MODES = ("fp32", "channels_last", "bf16")
@@ -249,6 +250,37 @@ def checkpoint_test_images(loaded: LoadedModel, limit: int) -> tuple[torch.Tenso
     return loaded.normalise(images), f"{len(images)} {name} test images"
 
 
+def detector_test_images(loaded: LoadedModel, limit: int, size: int
+                         ) -> tuple[torch.Tensor, str] | None:
+    """Up to `limit` test images of a detector's data set, evenly spaced, letterboxed to
+    size × size as YOLOv8 sees them: (float (N, 3, size, size) in 0..1, a description), or None
+    when the data set cannot be read without a download."""
+    from cnnkit.models.detection.yolo import letterbox  # noqa: PLC0415
+    name = loaded.config.get("dataset")
+    if not name or limit < 1:
+        return None
+    data_dir = Path(loaded.config.get("data_dir") or "~/.cache/cnnkit").expanduser()
+    try:
+        data = load_dataset(name, "test", data_dir=data_dir, download=False, quiet=True)
+    except (CnnkitError, OSError):
+        return None
+    pick = _evenly_spaced(len(data.images), limit).tolist()
+    batch = letterbox([data.images[i].float() / 255 for i in pick], size)[0]
+    return batch, f"{len(pick)} {name} test images letterboxed to {size}×{size}"
+
+
+class DenseDetections(nn.Module):
+    """A detector's raw forward as one tensor (N, A, 4 + K) — boxes, then class scores — so the
+    inference modes above (which call `module(x).float()`) time it like a classifier."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.detector.forward_raw(x), -1)
+
+
 def photo_images(count: int, channels: int, height: int, width: int,
                  source: Path) -> tuple[torch.Tensor, str] | None:
     """`count` real photos (a zip or a folder of images, e.g. CIFAR-10's test set), evenly
@@ -307,16 +339,29 @@ def format_table(results: list[ModeResult], agreements: dict[str, float]) -> str
     return "\n".join(lines)
 
 
-def model_for_precision(model: nn.Module, precision: str, images,
-                        what: str) -> tuple[InferenceModel, str]:
+def model_for_precision(model: nn.Module, precision: str, images, what: str, *,
+                        batch_size: int | None = None,
+                        input_size: tuple[int, ...] | None = None) -> tuple[InferenceModel, str]:
     """The runner `cnnkit eval` / `predict` use for `--precision auto|fp32|bf16`, and one line
-    saying which mode runs (for auto: chosen by choose_mode on `images`, described by `what`)."""
+    saying which mode runs (for auto: chosen by choose_mode on `images`, described by `what`)
+    and on how many threads: `engine.device.choose_threads` for calls of `batch_size` images of
+    `input_size` (both default to `images`' own when it is a tensor)."""
+    if isinstance(images, torch.Tensor):
+        batch_size = batch_size or len(images)
+        input_size = input_size or tuple(images.shape[1:])
+    work = None
+    if batch_size and input_size:
+        try:
+            work = count_macs(model, tuple(input_size)) * batch_size
+        except Exception:  # noqa: BLE001 — a model the counter cannot trace: no work estimate
+            work = None
+    threads = set_threads(training=False, work_macs=work)  # before timing the modes with them
     if precision == "auto":
         mode, agree = choose_mode(model, images)
         return prepare(model, mode), (f"inference mode: {mode} (auto: the fastest with top-1 "
                                       f"agreement ≥ {MIN_AGREEMENT} with fp32; agreement "
-                                      f"{agree:.4f} on {what})")
+                                      f"{agree:.4f} on {what}) | {threads}")
     mode = {"fp32": "fp32", "bf16": "bf16"}.get(precision)
     if mode is None:
         raise CnnkitError(f"unknown precision '{precision}'; choose from auto, fp32, bf16")
-    return prepare(model, mode), f"inference mode: {mode} (--precision {precision})"
+    return prepare(model, mode), f"inference mode: {mode} (--precision {precision}) | {threads}"

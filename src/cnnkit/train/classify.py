@@ -18,7 +18,9 @@ from cnnkit.data import (ArrayDataset, BatchAugment, ImageFolderDataset, InMemor
                          StreamingLoader, load_dataset)
 from cnnkit.engine.distributed import DistEnv, gather_shards, shard
 from cnnkit.engine.run import Run, TrainingDiverged
+from cnnkit.data.imagefolder import EVAL_CROP, model_image_size, train_crop_scale
 from cnnkit.models import create_model, get_model_cfg
+from cnnkit.models._weights import freeze_model, load_weights, split_head
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.metrics import Evaluation, evaluate, exact_matches, token_loss
 from cnnkit.train.schedules import lr_at
@@ -51,25 +53,29 @@ def load_data(config: TrainConfig) -> tuple[Dataset, Dataset | None, Dataset, di
     workers (for folders larger than RAM).
     """
     cfg = get_model_cfg(config.model)
-    image_size = config.image_size
+    image_size = config.image_size  # resolve() set it from --weights' checkpoint where it says
     channels = None
     if config.dataset == "imagefolder":  # arbitrary images: take the model's input format
         channels = cfg["input_size"][0]
-        image_size = image_size or cfg["input_size"][1]
+        image_size = image_size or model_image_size(cfg, config.model_args)
     data_dir = Path(config.data_dir).expanduser()
     if config.stream:
         if config.dataset != "imagefolder":
             raise CnnkitError(f"--stream is for image folders; {config.dataset} is held in memory")
         train_full, test = (ImageFolderDataset(data_dir, split, image_size=image_size,
-                                               channels=channels) for split in ("train", "test"))
+                                               channels=channels, strict=config.strict)
+                            for split in ("train", "test"))
     else:
         options = dict(data_dir=data_dir, mirror=config.mirror, image_size=image_size,
-                       channels=channels, quiet=config.quiet)
+                       channels=channels, quiet=config.quiet, strict=config.strict)
         train_full = load_dataset(config.dataset, "train", **options)
         test = load_dataset(config.dataset, "test", **options)
     train, val = split_validation(train_full, config)
+    # Unreadable image files left out of either split: the run header counts them.
+    train.unreadable = sum(len(getattr(ds, "skipped", ())) for ds in (train_full, test))
     model_kwargs = dict(num_classes=len(train_full.classes), in_chans=train_full.image_shape[0],
                         **config.model_args)
+    model_kwargs.pop("weights", None)  # loaded by _train (config.init_weights), not a keyword
     if cfg["fixed_input_size"]:
         model_kwargs["img_size"] = train_full.image_shape[-1]
     if config.backend != "torch":
@@ -105,14 +111,21 @@ def make_loader(ds: Dataset, batch_size: int, config: TrainConfig, *, train: boo
     if train:
         options["augment"] = BatchAugment(crop_padding=config.crop_padding,
                                           translate=config.translate,
-                                          hflip=config.hflip and ds.hflip_ok)
+                                          hflip=config.hflip and ds.hflip_ok,
+                                          resized_crop=train_crop_scale(ds))
     if isinstance(ds, ImageFolderDataset):
         return StreamingLoader(ds, batch_size, num_workers=config.workers, **options)
     return InMemoryLoader(ds, batch_size, **options)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser over the trainable parameters; fine-tuning (--weights) gives the backbone
+    and the classifier head a parameter group each, so `set_lr` can scale the backbone's."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if getattr(config, "init_weights", None):
+        backbone, head = split_head(model)
+        params = [{"params": ps, "part": part} for part, ps in
+                  (("backbone", backbone), ("head", head)) if ps]
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                nesterov=config.nesterov, weight_decay=config.weight_decay)
@@ -123,12 +136,16 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 
 def set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int, total_steps: int,
            steps_per_epoch: int) -> float:
-    """Give every parameter group the schedule's learning rate for `step`; return it."""
+    """Give every parameter group the schedule's learning rate for `step` (the backbone's
+    scaled by --backbone-lr-scale, read from the config so a resumed run takes a new one);
+    return the head's."""
     lr = lr_at(step, total_steps=total_steps, steps_per_epoch=steps_per_epoch, lr=config.lr,
                schedule=config.schedule, warmup_epochs=config.warmup_epochs,
                step_size=config.step_size, gamma=config.gamma)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        scale = getattr(config, "backbone_lr_scale", 1.0) if group.get("part") == "backbone" \
+            else 1.0
+        group["lr"] = lr * scale
     return lr
 
 
@@ -148,6 +165,9 @@ def _train(run: Run, config: TrainConfig, log) -> TrainResult:
     env = run.env
     train_set, val_set, test_set, model_kwargs = load_data(config)
     model = create_model(config.model, **model_kwargs)  # same seed: same weights on every rank
+    if config.init_weights and not run.resuming:  # resuming: restore() loads the run's own
+        load_weights(model, config.init_weights, config.model, log=log)
+    frozen = freeze_model(model, config.freeze)  # before DDP, which skips frozen parameters
     if env.active:
         torch.manual_seed(config.seed + env.rank)  # but each rank its own dropout masks
     model, net = run.prepare(model, channels_last=config.channels_last, sync_bn=config.sync_bn)
@@ -156,7 +176,11 @@ def _train(run: Run, config: TrainConfig, log) -> TrainResult:
         "models": {"model": {"name": config.model, "kwargs": model_kwargs}}, "infer": "model",
         "classes": train_set.classes, "mean": list(train_set.mean), "std": list(train_set.std),
         "image_shape": list(train_set.image_shape)})
-    train_loader = make_loader(train_set, config.batch_size, config, train=True, env=env)
+    batch_size = min(config.batch_size, -(-len(train_set) // env.world_size))
+    if batch_size < config.batch_size:  # a small folder: one batch of all its images
+        log(f"note: --batch-size {config.batch_size} is more than the {len(train_set)} training "
+            f"images; using batches of {batch_size}")
+    train_loader = make_loader(train_set, batch_size, config, train=True, env=env)
     eval_batch = max(256, config.batch_size)
     val_loader = make_loader(shard(val_set, env), eval_batch, config) if val_set else None
     num_classes = model_kwargs["num_classes"]
@@ -168,8 +192,24 @@ def _train(run: Run, config: TrainConfig, log) -> TrainResult:
     if not run.resuming:
         log(f"{config.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
             f"{config.dataset}: {len(train_set)} train, {len(val_set) if val_set else 0} val, "
-            f"{len(test_set)} test | {config.epochs} epochs × {steps_per_epoch} steps | "
+            f"{len(test_set)} test{_unreadable(train_set)} | {config.epochs} epochs × {steps_per_epoch} steps | "
             f"{run.device.type}, {run.precision} | run {run.dir}")
+        mean, std = (", ".join(f"{v:.3f}" for v in vals) for vals in (train_set.mean,
+                                                                          train_set.std))
+        resize = ""
+        if config.dataset == "imagefolder":
+            scale = train_crop_scale(train_set)
+            side = train_set.image_shape[-1]
+            resize = (f" (shorter side → {round(side / EVAL_CROP)}, centre {side}×{side}; "
+                      f"training: random-resized crops, area {scale[0]:g}–{scale[1]:g})")
+        log(f"input {'×'.join(map(str, train_set.image_shape))}{resize} | normalised with "
+            f"mean ({mean}) std ({std})")
+        if config.init_weights:
+            log(f"fine-tuning from {config.init_weights}" + (f" | {frozen}" if frozen else "")
+                + (f" | backbone lr × {config.backbone_lr_scale:g}"
+                   if config.backbone_lr_scale != 1 else ""))
+        elif frozen:
+            log(frozen)
         if env.active:
             log(f"distributed: {env.world_size} processes × batch {config.batch_size} = global "
                 f"batch {env.world_size * config.batch_size}")
@@ -227,6 +267,11 @@ def _train(run: Run, config: TrainConfig, log) -> TrainResult:
 
 
 # --- helpers of the loop ---
+
+def _unreadable(train_set) -> str:
+    count = getattr(train_set, "unreadable", 0)
+    return f", {count} unreadable skipped" if count else ""
+
 
 def _write_figures(run_dir: Path, history, test: Evaluation, log_probs, test_set, model,
                    config: TrainConfig) -> None:

@@ -17,19 +17,23 @@ class TrainConfig(RunConfig):
     """`cnnkit train`: a classifier (or the attention sequence reader) on a data set."""
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
         "model", "backend", "model_args", "dataset", "data_dir", "image_size", "train_limit",
-        "val_fraction", "batch_size", "accumulate", "seed", "stream")
+        "val_fraction", "batch_size", "accumulate", "seed", "stream", "weights", "freeze")
 
     # --- what to train on ---
     model: str = config_field("lenet", "registered model name (see `cnnkit models`)")
     backend: str = config_field("torch", "conv/pool layers: torch's, or cnnkit's from-scratch ops (lenet)",
                       ("torch", "scratch"))
     model_args: dict = config_field(dict, "extra model keywords, e.g. small_input=true,drop_rate=0.2")
+    weights: str | None = config_field(None, "fine-tune: start from a torchvision/timm .pth state_dict, a cnnkit checkpoint or run folder (strict; a head of another class count is re-initialised; the image size is the checkpoint's)")
+    freeze: str = config_field("none", "fine-tune: freeze nothing (none), all but the classifier head (backbone), or the first N stages (N)")
+    backbone_lr_scale: float = config_field(1.0, "fine-tune: the backbone's learning rate is --lr × this (the head's is --lr)")
     dataset: str = config_field("digits", "data set name (see `cnnkit datasets`)")
     data_dir: str = config_field("~/.cache/cnnkit", "download cache; for imagefolder, the image folder itself")
     mirror: str | None = config_field(None, "base URL replacing the official download location (or $CNNKIT_MIRROR)")
     image_size: int | None = config_field(None, "resize images to this side (default: native size; imagefolder: the model's)")
     stream: bool = config_field(False, "image folders: decode per batch in worker processes, not once into RAM")
     workers: int = config_field(2, "decoding processes with --stream")
+    strict: bool = config_field(False, "image folders: stop at the first unreadable image instead of skipping it (skipped files are listed in one warning line)")
     train_limit: int | None = config_field(None, "use only the first N training images (quick runs)")
     test_limit: int | None = config_field(None, "test only the first N test images (quick runs)")
     val_fraction: float = config_field(0.1, "fraction of the training set held out for validation (seeded)")
@@ -65,6 +69,9 @@ class TrainConfig(RunConfig):
     border_weight: bool = config_field(False, "two classes: the U-Net paper's weight map (w0 = 10, σ = 5 px) on borders between touching objects")
     # --- detection (data sets of boxes, masks, keypoints) ---
     skip_bad: bool = config_field(False, "detection data: skip bad annotations and unreadable images (each reported in one line) instead of stopping at the first")
+    mosaic: bool | None = config_field(None, "detection: YOLO's 4-image mosaic with random scale/translate, and HSV jitter (default: on for YOLOv8 models)")
+    close_mosaic: int | None = config_field(None, "detection: train the last N epochs without mosaic (default: a tenth of the epochs, as ultralytics' 10 of 100)")
+    ema_decay: float | None = config_field(None, "detection: keep an EMA of the weights with this decay, evaluated and saved for inference (default: 0.9999 for YOLOv8 models, else off)")
     backbone_weights: str | None = config_field(None, "detectors: start the backbone from a cnnkit classification run or checkpoint of the same architecture (e.g. resnet18 trained on CIFAR-10)")
     # --- speed and reproducibility ---
     channels_last: bool = config_field(True, "NHWC memory format (faster oneDNN convolutions on CPU)")
@@ -95,15 +102,49 @@ class TrainConfig(RunConfig):
         if self.max_scale is not None and self.max_scale < 1:
             raise CnnkitError(f"--max-scale must be at least 1 (scales in [1/s, s]), got "
                               f"{self.max_scale}")
+        if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
+            raise CnnkitError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.close_mosaic is not None and self.close_mosaic < 0:
+            raise CnnkitError(f"--close-mosaic must be ≥ 0 epochs, got {self.close_mosaic}")
         if self.early_stop and self.val_fraction == 0:
             raise CnnkitError("--early-stop needs a validation split (--val-fraction > 0)")
+        self._validate_finetune()
         return self
+
+    def _validate_finetune(self) -> None:
+        given = self.model_args.get("weights")
+        if given is not None and self.weights is not None and str(given) != self.weights:
+            raise CnnkitError(f"--weights {self.weights} and --model-args weights={given} "
+                              f"differ; give one")
+        if str(self.freeze) not in ("none", "backbone") and not (
+                str(self.freeze).isdigit() and int(self.freeze) >= 1):
+            raise CnnkitError(f"--freeze must be none, backbone or a number of stages ≥ 1, got "
+                              f"'{self.freeze}'")
+        if not self.backbone_lr_scale > 0:
+            raise CnnkitError(f"--backbone-lr-scale must be positive, got "
+                              f"{self.backbone_lr_scale}")
+        if self.backbone_lr_scale != 1 and self.init_weights is None:
+            raise CnnkitError("--backbone-lr-scale is for fine-tuning: give --weights too")
+        tuned = [flag for flag, on in (("--weights", self.init_weights), ("--freeze", str(
+            self.freeze) != "none"), ("--backbone-lr-scale", self.backbone_lr_scale != 1)) if on]
+        if tuned and self.task != "classify":
+            raise CnnkitError(f"{tuned[0]} is for classifiers; {self.dataset} is a {self.task} "
+                              f"set (detectors: --backbone-weights)")
+
+    @property
+    def init_weights(self) -> str | None:
+        """The checkpoint to start from: --weights, or the older --model-args weights=PATH."""
+        given = self.model_args.get("weights")
+        return self.weights or (str(given) if given is not None else None)
 
     def resolve(self) -> "TrainConfig":
         """Fill the fields left to the data set's recipe (device and precision: the engine)."""
         self.validate()
         for key, value in self.recipe().items():
             setattr(self, key, value)
+        if self.image_size is None and self.init_weights and not self.resume:
+            from cnnkit.models._weights import checkpoint_image_size  # noqa: PLC0415
+            self.image_size = checkpoint_image_size(self.init_weights)  # None: not recorded
         for key, off in (("elastic", False), ("vflip", False), ("max_scale", 1.0)):
             if getattr(self, key) is None:  # no recipe value either: off
                 setattr(self, key, off)

@@ -166,7 +166,8 @@ def _train(run: Run, config: GanConfig, log) -> None:
             break
         sums = run.reduce(run.sums)
         if run.env.is_main:
-            _write_figures(run.dir, epoch, step_losses, generator, fixed_z, fixed_labels)
+            _write_figures(run.dir, epoch, step_losses, generator, fixed_z, fixed_labels,
+                           list(data.classes))
         run.end_epoch({k: sums[k] / sums["seen"] for k in ("d_loss", "g_loss", "d_real", "d_fake")},
                       batches=batches)
     run.finish()
@@ -175,8 +176,9 @@ def _train(run: Run, config: GanConfig, log) -> None:
 # --- figures ---
 
 def _write_figures(run_dir: Path, epoch: int, step_losses, generator, fixed_z,
-                   fixed_labels) -> None:
-    """This epoch's sample grid of the fixed noise, and the loss plot."""
+                   fixed_labels, classes: list[str]) -> None:
+    """This epoch's sample grid of the fixed noise (conditional: each column's class named
+    above it), and the loss plot."""
     from cnnkit.viz import image_grid  # noqa: PLC0415  (matplotlib: only once there is output)
     was_training = generator.training
     generator.eval()
@@ -186,8 +188,10 @@ def _write_figures(run_dir: Path, epoch: int, step_losses, generator, fixed_z,
         samples = generator(fixed_z.to(device), labels).cpu()  # (grid_size, C, H, W) in [-1, 1]
     generator.train(was_training)
     nrow = generator.num_classes or 8
+    labelled = generator.num_classes and len(samples) >= generator.num_classes
     image_grid(samples, run_dir / f"samples_epoch{epoch + 1:03d}.png", nrow=nrow,
-               value_range=(-1.0, 1.0))
+               value_range=(-1.0, 1.0), title=f"DCGAN, epoch {epoch + 1}, fixed noise",
+               col_labels=[str(c) for c in classes] if labelled else None)
     plot_gan_losses(step_losses, run_dir / "losses.png")
 
 

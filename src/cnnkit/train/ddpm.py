@@ -102,8 +102,10 @@ def lr_at(step: int, lr: float, warmup_steps: int) -> float:
 
 
 def sample_grid(process: GaussianDiffusion, model: nn.Module, config: DiffusionConfig,
-                image_shape: tuple[int, ...], path: Path, title: str) -> None:
-    """A DDIM grid from fixed noise (the same every epoch); conditional: class k in column k."""
+                image_shape: tuple[int, ...], path: Path, title: str,
+                classes: list[str] | None = None) -> None:
+    """A DDIM grid from fixed noise (the same every epoch); conditional: class k in column k,
+    named above it."""
     from cnnkit.viz import image_grid  # noqa: PLC0415  (matplotlib only when drawing)
     generator = torch.Generator().manual_seed(config.seed)
     labels, nrow = None, 8
@@ -113,7 +115,10 @@ def sample_grid(process: GaussianDiffusion, model: nn.Module, config: DiffusionC
     guidance = config.guidance if process.num_classes else 1.0
     images = ddim_sample(process, model, (config.sample_n, *image_shape), labels=labels,
                          guidance=guidance, generator=generator, steps=config.sample_steps)
-    image_grid(images.cpu(), path, nrow=nrow, value_range=(-1.0, 1.0), title=title)
+    names = ([str(c) for c in classes] if process.num_classes and classes
+             and config.sample_n >= len(classes) else None)
+    image_grid(images.cpu(), path, nrow=nrow, value_range=(-1.0, 1.0), title=title,
+               col_labels=names)
 
 
 # --- the run ---
@@ -176,7 +181,8 @@ def _train(run: Run, config: DiffusionConfig, log) -> None:
         if run.env.is_main:
             sample_grid(process, ema.model, config, train_set.image_shape,
                         run.dir / f"samples_epoch{epoch + 1:03d}.png",
-                        title=f"epoch {epoch + 1}, EMA weights, DDIM {config.sample_steps} steps")
+                        title=f"epoch {epoch + 1}, EMA weights, DDIM {config.sample_steps} steps",
+                        classes=list(train_set.classes))
         run.end_epoch(row, batches=batches, monitor=("val_loss", "min") if val else None)
     run.finish()
 

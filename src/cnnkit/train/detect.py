@@ -11,6 +11,7 @@ on test images, precision–recall curves, and the detections as COCO results JS
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from torch import nn
 from cnnkit.data import load_dataset
 from cnnkit.data.det_augment import DetectionAugment
 from cnnkit.data.det_loader import DetectionLoader
+from cnnkit.data.mosaic import Mosaic
+from cnnkit.diffusion.ema import EMA
 from cnnkit.engine.distributed import DistEnv, all_gather_objects, shard
 from cnnkit.engine.run import Run
 from cnnkit.inference.detect import detect
@@ -27,6 +30,8 @@ from cnnkit.train.classify import limit_test, make_optimizer, set_lr, split_vali
 from cnnkit.train.coco_eval import CocoScores, coco_evaluate, predictions_to_coco, write_coco_json
 from cnnkit.train.config import TrainConfig
 from cnnkit.utils import CnnkitError
+
+HSV_GAINS = (0.015, 0.7, 0.4)  # ultralytics' hsv_h, hsv_s, hsv_v
 
 # What each kind of detector predicts, hence which COCO evaluations apply.
 IOU_TYPES = {"detection": ("bbox",), "instance-segmentation": ("bbox", "segm"),
@@ -67,14 +72,19 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
         log(load_backbone(model, config.backbone_weights))
     model, net = run.prepare(model)
     optimizer = make_optimizer(config, model)
+    recipe = _yolo_recipe(config, model)
+    ema = EMA(model, decay=recipe["ema_decay"]) if recipe["ema_decay"] else None
     run.restore(models={"model": model}, optimizers={"model": optimizer},
-                spec=_spec(config, model_kwargs, train_set))
+                ema={"model": ema} if ema else None, spec=_spec(config, model_kwargs, train_set))
+    judged = ema.model if ema else model  # the weights validation, test and inference use
 
     augment = DetectionAugment(hflip=config.hflip and train_set.hflip_ok,
                                scale=(1 / config.max_scale, config.max_scale),
-                               flip_index=getattr(train_set, "flip_index", None))
+                               flip_index=getattr(train_set, "flip_index", None),
+                               hsv=HSV_GAINS if recipe["mosaic"] else None)
+    mosaic = Mosaic(model.img_size) if recipe["mosaic"] else None
     loader = DetectionLoader(train_set, config.batch_size, shuffle=True, drop_last=True,
-                             seed=config.seed, augment=augment, rank=env.rank,
+                             seed=config.seed, augment=augment, mosaic=mosaic, rank=env.rank,
                              world_size=env.world_size)
     steps_per_epoch = len(loader) // config.accumulate
     total_steps = config.epochs * steps_per_epoch
@@ -83,16 +93,24 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
             f"{config.dataset}: {len(train_set)} train, {len(val_set) if val_set else 0} val, "
             f"{len(test_set)} test, {len(train_set.classes)} classes | {config.epochs} epochs × "
             f"{steps_per_epoch} steps | {run.device.type}, {run.precision} | run {run.dir}")
+        if recipe["mosaic"] or ema:
+            log(f"YOLO recipe: mosaic {'on' if recipe['mosaic'] else 'off'} (off for the last "
+                f"{recipe['close_mosaic']} epochs), HSV gains {HSV_GAINS}, EMA decay "
+                f"{recipe['ema_decay']}")
 
     lr = config.lr
     for epoch, batches in run.epochs(loader, epochs=config.epochs, accumulate=config.accumulate):
         net.train()
+        if mosaic is not None:  # ultralytics' close_mosaic: the last epochs see whole images
+            loader.mosaic = mosaic if epoch < config.epochs - recipe["close_mosaic"] else None
         for images, targets in batches:
             lr = set_lr(optimizer, config, run.step_count, total_steps, steps_per_epoch)
             with run.autocast():
                 losses = net(images, targets)  # {"loss_classifier": ..., ...}
             loss = sum(v.float() for v in losses.values())
             run.sums["loss"] += run.step(loss, optimizer, clip=config.grad_clip) * len(images)
+            if ema is not None:
+                ema.update()
             for key, value in losses.items():  # each term, for the table (loss_mask, ...)
                 run.sums[key] += float(value.detach()) * len(images)
             run.sums["seen"] += len(images)
@@ -102,7 +120,7 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
         row = {"train_loss": sums["loss"] / sums["seen"], "val_map": None, "val_ap50": None,
                "lr": lr}
         if val_set is not None:
-            scores = evaluate_detection(model, val_set, precision=run.precision, env=env)
+            scores = evaluate_detection(judged, val_set, precision=run.precision, env=env)
             row.update(val_map=scores.stats["bbox"]["AP"], val_ap50=scores.stats["bbox"]["AP50"])
         row.update({key.removeprefix("loss_"): sums[key] / sums["seen"]  # the loss's terms
                     for key in sorted(sums) if key not in ("loss", "seen")})
@@ -111,7 +129,7 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
     run.finish()
 
     iou_types = IOU_TYPES[model.task]
-    test, predictions = evaluate_detection(model, test_set, precision=run.precision, env=env,
+    test, predictions = evaluate_detection(judged, test_set, precision=run.precision, env=env,
                                            iou_types=iou_types, keep_predictions=True)
     if env.is_main:
         _write_outputs(run.dir, test_set, predictions, test, iou_types)
@@ -119,7 +137,7 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
         f"{t} AP {test.stats[t]['AP']:.4f} AP50 {test.stats[t]['AP50']:.4f}" for t in iou_types))
     log(test.table())
     return DetectResult(run.dir, run.history, test, list(train_set.classes), run.train_seconds,
-                        model, run.stop_reason)
+                        judged, run.stop_reason)
 
 
 # --- the model ---
@@ -140,6 +158,20 @@ def _build(config: TrainConfig, ds) -> tuple[nn.Module, dict]:
         raise CnnkitError(f"{config.model} learns {needs}, but {config.dataset} has none; "
                           f"choose a box detector (e.g. fasterrcnn_resnet18_fpn)")
     return model, kwargs
+
+
+def _yolo_recipe(config: TrainConfig, model: nn.Module) -> dict:
+    """Mosaic, its closing epochs and the EMA decay: the flags given, else YOLO's defaults
+    (ultralytics: mosaic on, closed for the last 10 of 100+ epochs, EMA decay 0.9999) for a
+    model marked `yolo_recipe`, else off."""
+    yolo = getattr(model, "yolo_recipe", False)
+    mosaic = yolo if config.mosaic is None else config.mosaic
+    if mosaic and not hasattr(model, "img_size"):
+        raise CnnkitError(f"--mosaic needs a detector with a fixed input size (img_size), "
+                          f"which {config.model} has not")
+    close = math.ceil(config.epochs / 10) if config.close_mosaic is None else config.close_mosaic
+    ema_decay = (0.9999 if yolo else 0.0) if config.ema_decay is None else config.ema_decay
+    return {"mosaic": mosaic, "close_mosaic": close, "ema_decay": ema_decay}
 
 
 def _spec(config: TrainConfig, model_kwargs: dict, ds) -> dict:

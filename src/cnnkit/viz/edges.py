@@ -15,19 +15,22 @@ def plot_edge_maps(image: torch.Tensor, maps: dict[str, torch.Tensor], kernel_na
     panels = [("original", image, "gray"), ("vertical edges", maps["vertical"], "gray"),
               ("horizontal edges", maps["horizontal"], "gray"),
               ("gradient magnitude", maps["magnitude"], "magma")]
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6), layout="constrained")
     for ax, (title, img, cmap) in zip(axes, panels):
         _show(ax, img, cmap=cmap)
         ax.set_title(title, fontsize=10)
     fig.suptitle(f"{kernel_name} kernels", fontsize=11)
-    fig.tight_layout()
     return save_figure(fig, path, dpi=110)
 
 
 def plot_learned_kernel(learned: torch.Tensor, target: torch.Tensor, losses: list[float],
                         name: str, path) -> Path:
-    """The learned 3×3 kernel beside the classic one (values printed), and the loss curve."""
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    """The learned 3×3 kernel beside the classic one (values printed), and the loss curve.
+
+    Constrained layout makes room for the curve's axis labels, which otherwise overlapped the
+    kernel beside it and were cut off at the bottom."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), layout="constrained",
+                             gridspec_kw={"width_ratios": [1, 1, 1.3]})
     limit = float(target.abs().max())
     for ax, (title, kernel) in zip(axes, [("learned by gradient descent", learned), (name, target)]):
         ax.imshow(kernel.numpy(), cmap="coolwarm", vmin=-limit, vmax=limit)
@@ -40,13 +43,14 @@ def plot_learned_kernel(learned: torch.Tensor, target: torch.Tensor, losses: lis
     axes[2].semilogy(losses)
     axes[2].set_xlabel("step")
     axes[2].set_ylabel("MSE to the classic response")
+    axes[2].set_title("training loss", fontsize=10)
     return save_figure(fig, path, dpi=110)
-
 
 
 def plot_conv(image: torch.Tensor, kernel: torch.Tensor, out: torch.Tensor, args, path) -> Path:
     """Input, kernel (channel mean) and output of one convolution, with its settings."""
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 1.2, 3]})
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 1.2, 3]},
+                             layout="constrained")
     _show(axes[0], image)
     axes[0].set_title(f"input {tuple(image.shape)}", fontsize=9)
     shown = kernel.mean(0)

@@ -51,24 +51,40 @@ def make_grid(images: torch.Tensor, *, nrow: int = 8, padding: int = 2,
 
 
 def image_grid(images: torch.Tensor, path, *, nrow: int = 8, padding: int = 2,
-               title: str | None = None, value_range: tuple[float, float] | None = None) -> Path:
-    """Save `make_grid(images)` as a PNG at `path` (grey stays one channel) and return the path."""
+               title: str | None = None, value_range: tuple[float, float] | None = None,
+               col_labels: list[str] | None = None, min_width: int = 600) -> Path:
+    """Save `make_grid(images)` as a PNG at `path` (grey stays one channel) and return the path.
+
+    With a `title` or `col_labels` (one per column: the class of a class-conditional grid) the
+    grid is drawn by matplotlib, enlarged by an integer factor to at least `min_width` pixels.
+    """
     grid = make_grid(images, nrow=nrow, padding=padding, value_range=value_range)
     pixels = grid.permute(1, 2, 0).numpy()  # (H', W', C)
     pixels = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels
-    if title is None:
+    cols = min(nrow, len(images))
+    if col_labels is not None and len(col_labels) != cols:
+        raise CnnkitError(f"{len(col_labels)} column labels for a grid of {cols} columns")
+    if title is None and col_labels is None:
         path = Path(path)
         with atomic_path(path) as tmp:
             Image.fromarray(np.ascontiguousarray(pixels)).save(tmp, format="PNG")
         return path
-    # Small images (28×28 digits) are blown up by an integer factor so they stay crisp.
-    scale = max(1, math.ceil(256 / max(pixels.shape[:2])))
-    dpi, title_px = 100, 30
+    # Small images (28×28 digits) are blown up by an integer factor so they stay crisp: a
+    # 10-column grid of digits is 302 pixels wide, too small to read on a page.
+    scale = max(1, math.ceil(min_width / pixels.shape[1]))
+    dpi = 100
+    title_px, label_px = (30 if title else 0), (22 if col_labels else 0)
     height, width = pixels.shape[0] * scale, pixels.shape[1] * scale
-    fig = plt.figure(figsize=(width / dpi, (height + title_px) / dpi), dpi=dpi)
-    ax = fig.add_axes((0.0, 0.0, 1.0, height / (height + title_px)))
+    total = height + title_px + label_px
+    fig = plt.figure(figsize=(width / dpi, total / dpi), dpi=dpi)
+    ax = fig.add_axes((0.0, 0.0, 1.0, height / total))
     ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=255,
               interpolation="nearest")
     ax.axis("off")
-    fig.suptitle(title, fontsize=10, y=1 - 0.15 * title_px / (height + title_px))
+    tile = images.shape[-1] + padding  # grid pixels from one column to the next
+    for c, label in enumerate(col_labels or []):
+        ax.text(padding + c * tile + images.shape[-1] / 2, -4, label, ha="center", va="bottom",
+                fontsize=11, clip_on=False)
+    if title:
+        fig.suptitle(title, fontsize=11, y=1 - 0.15 * title_px / total)
     return save_figure(fig, path, title=title, dpi=dpi)

@@ -1,0 +1,135 @@
+"""Joints from a pose network: top-down crops with the flip test, or bottom-up parsing.
+
+Top-down (HRNet, Sun et al. 2019 §4): each person's box is warped to the input size, the heatmaps
+of the crop and of its mirror image (flipped back, shifted one pixel) are averaged, decoded with
+the quarter-pixel offset and mapped back into the image. Bottom-up (OpenPose, Cao et al. 2017):
+the whole image at the training pixel scale, the last stage's maps and fields upsampled ×4 (the
+authors upsample before non-maximum suppression, for sub-stride peaks) and parsed into people.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnkit.data.pose_loader import MEAN, STD, bottom_up_box, bottom_up_size
+from cnnkit.engine.device import autocast
+from cnnkit.ops.heatmaps import crop_matrix, decode_heatmaps, flip_back, heatmap_to_image, warp_crop
+from cnnkit.ops.paf import Person, parse_people
+
+UPSAMPLE = 4  # bottom-up: parse at stride 8 / 4 = 2 input pixels
+
+
+def normalise_crops(crops: torch.Tensor) -> torch.Tensor:
+    """Crops (N, 3, H, W) in 0..255 → normalised with the ImageNet statistics, as in training."""
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD).view(1, 3, 1, 1) * 255
+    return (crops - mean) / std
+
+
+@torch.inference_mode()
+def predict_top_down(model: nn.Module, images: Sequence[torch.Tensor], boxes: torch.Tensor, *,
+                     input_size: tuple[int, int], flip_index: Sequence[int] | None = None,
+                     batch_size: int = 32, precision: str = "fp32"
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joints (N, J, 2) in image pixels and their heatmap peaks (N, J), one person per box
+    (cx, cy, w, h); `flip_index` turns on the flip test."""
+    model.eval()
+    device = next(model.parameters()).device
+    coords, peaks = [], []
+    for start in range(0, len(images), batch_size):
+        chunk = range(start, min(start + batch_size, len(images)))
+        crops = torch.stack([warp_crop(images[i], crop_matrix(boxes[i].tolist(), input_size),
+                                       input_size) for i in chunk])
+        x = normalise_crops(crops).to(device)
+        with autocast(precision, device.type):
+            heatmaps = model(x).float()
+            if flip_index is not None:
+                heatmaps = (heatmaps + flip_back(model(x.flip(-1)).float(), flip_index)) / 2
+        found, value = decode_heatmaps(heatmaps.cpu())
+        coords.append(heatmap_to_image(found, boxes[list(chunk)], tuple(heatmaps.shape[-2:]),
+                                       input_size))
+        peaks.append(value)
+    return torch.cat(coords), torch.cat(peaks)
+
+
+@torch.inference_mode()
+def predict_bottom_up(model: nn.Module, image: torch.Tensor, *, scale: float,
+                      precision: str = "fp32", min_joints: int = 4
+                      ) -> tuple[list[Person], torch.Tensor, torch.Tensor]:
+    """The people in one uint8 image (3, H, W), joints in image pixels, best first; and the
+    last stage's confidence maps and fields (at stride 8 of the input) for figures."""
+    model.eval()
+    device = next(model.parameters()).device
+    size = bottom_up_size(*image.shape[-2:], scale)
+    matrix = crop_matrix(bottom_up_box(*image.shape[-2:], scale, size), size)
+    x = normalise_crops(warp_crop(image, matrix, size)[None]).to(device)
+    with autocast(precision, device.type):
+        fields, maps = model(x)
+    fields, maps = fields[-1, 0].float().cpu(), maps[-1, 0].float().cpu()
+    big = F.interpolate(torch.cat([maps, fields])[None], scale_factor=UPSAMPLE, mode="bicubic",
+                        align_corners=False)[0]
+    people = parse_people(big[:len(maps)], big[len(maps):], model.limbs, min_joints=min_joints)
+    # Upsampled cell u ↦ map cell (u + ½)/4 − ½ (align_corners=False) ↦ input pixel × 8 (the
+    # targets put input pixel x at map x/8) ↦ image pixel / scale (the crop is a pure scale).
+    for person in people:
+        on_map = (person.joints[:, :2] + 0.5) / UPSAMPLE - 0.5
+        person.joints[:, :2] = on_map * 8 / scale
+    return people, maps, fields
+
+
+@torch.inference_mode()
+def heatmaps_of(model: nn.Module, image: torch.Tensor, box, input_size: tuple[int, int]
+                ) -> torch.Tensor:
+    """The heatmaps (J, h, w) of one person crop, for figures."""
+    model.eval()
+    crop = warp_crop(image, crop_matrix(list(box), input_size), input_size)[None]
+    return model(normalise_crops(crop).to(next(model.parameters()).device))[0].float().cpu()
+
+
+def best_person(people: list[Person], num_joints: int) -> torch.Tensor:
+    """The highest-scoring person's joints (J, 2), NaN where not found or nobody is."""
+    if not people:
+        return torch.full((num_joints, 2), float("nan"))
+    return people[0].joints[:, :2].clone()
+
+
+def image_box(image: torch.Tensor) -> np.ndarray:
+    """A box (cx, cy, w, h) around the whole image, aspect ¾ (a person crop when no joints are
+    known, e.g. `cnnkit predict` on a photo of one person)."""
+    h, w = image.shape[-2:]
+    bw, bh = (w, w / 0.75) if w / h > 0.75 else (h * 0.75, h)
+    return np.array([w / 2, h / 2, bw, bh])
+
+
+
+def pose_files(loaded, paths, out_dir) -> list[tuple]:
+    """`cnnkit predict` for a pose checkpoint: per image file the people found — top-down: one
+    person, the whole image taken as the person's box; bottom-up: everyone parsed — and a
+    drawing of their skeletons, <image>_pose.png in `out_dir`. Returns (figure, joints (P, J, 2))
+    per file."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from cnnkit.data.detection import decode_rgb  # noqa: PLC0415
+    from cnnkit.viz.pose import plot_people  # noqa: PLC0415
+    spec, out_dir = loaded.spec, Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    skeleton = [tuple(limb) for limb in spec["skeleton"]]
+    results = []
+    for path in paths:
+        image = decode_rgb(path)
+        if spec.get("bottom_up"):
+            people, _, _ = predict_bottom_up(loaded.model, image, scale=spec["scale"])
+            joints = torch.stack([p.joints[:, :2] for p in people]) if people else \
+                torch.zeros(0, len(loaded.classes), 2)
+        else:
+            box = torch.tensor(image_box(image), dtype=torch.float32)[None]
+            joints, _ = predict_top_down(loaded.model, [image], box,
+                                         input_size=tuple(spec["image_shape"][1:]),
+                                         flip_index=spec["flip_index"])
+        figure = plot_people(image, joints, skeleton, out_dir / f"{Path(path).stem}_pose.png")
+        results.append((figure, joints))
+    return results

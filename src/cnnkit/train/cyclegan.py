@@ -1,0 +1,404 @@
+"""`train_cyclegan(config)`: the CycleGAN task, top to bottom; `translate_files` applies one.
+
+CycleGAN (Zhu et al. 2017, https://arxiv.org/abs/1703.10593) learns G: A → B and F: B → A from
+unpaired images, as the authors' implementation (junyanz/pytorch-CycleGAN-and-pix2pix,
+models/cycle_gan_model.py) does it: per batch, one step of both generators on
+  LSGAN adversarial loss (Mao et al. 2017; §4 "Training details": least squares instead of the
+  log-likelihood, more stable) + λ·cycle loss ‖F(G(a)) − a‖₁ + ‖G(F(b)) − b‖₁ (§3.2, λ = 10)
+  + 0.5·λ·identity loss ‖G(b) − b‖₁ + ‖F(a) − a‖₁ (§5.2, keeps the colours of paintings/photos),
+then one step of both discriminators on real images and on generated ones drawn from a history
+pool of 50 (Shrivastava et al. 2017), each discriminator loss halved ("slows down the rate at
+which D learns relative to G"). Adam 2e-4, β1 = 0.5; the rate stays constant, then decays
+linearly towards 0 over the last `decay_epochs` epochs (the paper: 100 + 100).
+Resuming, limits and signals are cnnkit.engine.run.Run's; the pools ride in the checkpoint's
+`extra`, their stored images and their own generator's state, so a resumed run is bit-identical.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnkit.data import get_dataset_info, load_dataset
+from cnnkit.data.array_dataset import resize_images
+from cnnkit.data.imagefolder import decode_image
+from cnnkit.data.unpaired import UnpairedDataset, UnpairedLoader, load_unpaired, to_unit_range
+from cnnkit.engine.checkpoint import TASKS, register_task
+from cnnkit.engine.config import RunConfig, config_field
+from cnnkit.engine.device import resolve_device
+from cnnkit.engine.run import Run
+from cnnkit.models import count_parameters, create_model
+from cnnkit.models.cyclegan import patch_side
+from cnnkit.utils import CnnkitError, atomic_path
+
+if "cyclegan" not in TASKS:
+    register_task("cyclegan", "cnnkit cyclegan train", ("cyclegan translate",))
+
+DIRECTIONS = ("AtoB", "BtoA")
+
+
+@dataclass
+class CycleGanConfig(RunConfig):
+    """`cnnkit cyclegan train`: CycleGAN (Zhu et al. 2017). The defaults are a CPU recipe (narrower
+    generator, 64-pixel crops, a few epochs); the paper: --ngf 64 --n-blocks 9 (or 6 at 128 px)
+    --load-size 286 --crop-size 256 --batch-size 1 --epochs 200 --decay-epochs 100."""
+    fixed_on_resume: ClassVar[tuple[str, ...]] = (
+        "dataset", "data_dir", "train_limit", "load_size", "crop_size", "ngf", "n_blocks", "ndf",
+        "n_layers_d", "batch_size", "pool_size", "seed")
+
+    # --- data ---
+    dataset: str | None = config_field(None, "registered unpaired data set (horse2zebra, read from "
+                                       "DATA_DIR/horse2zebra-128); unset: DATA_DIR itself holds "
+                                       "trainA/ trainB/ testA/ testB/")
+    data_dir: str = config_field("~/.cache/cnnkit", "where the data set lives (see --dataset)")
+    train_limit: int | None = config_field(None, "train on the first N images of each domain only")
+    load_size: int = config_field(72, "resize every image to this square side before cropping "
+                                  "(0: keep the images' own, common size)")
+    crop_size: int = config_field(64, "side of the random training crops (a multiple of 4)")
+    hflip: bool = config_field(True, "random left-right flips")
+    # --- the networks ---
+    ngf: int = config_field(32, "generator width: channels of its first layer (paper: 64)")
+    n_blocks: int = config_field(6, "residual blocks of each generator (paper: 9 at 256 px, "
+                                 "6 at 128)")
+    ndf: int = config_field(64, "discriminator width: channels of its first layer (paper: 64)")
+    n_layers_d: int = config_field(3, "strided layers of the PatchGAN (3: 70×70 patches)")
+    # --- losses and optimisation ---
+    lambda_cycle: float = config_field(10.0, "weight λ of the cycle-consistency loss")
+    lambda_identity: float = config_field(0.5, "identity-loss weight, as a fraction of λ (0: off)")
+    pool_size: int = config_field(50, "generated images kept for the discriminators (0: none)")
+    epochs: int = config_field(6, "epochs in all (each: every image of the larger domain once)")
+    decay_epochs: int | None = config_field(None, "the last N epochs decay the rate linearly "
+                                            "towards 0 (default: half of --epochs)")
+    batch_size: int = config_field(1, "image pairs per step (paper: 1)")
+    lr: float = config_field(2e-4, "Adam learning rate of all four networks")
+    beta1: float = config_field(0.5, "Adam β1")
+    beta2: float = config_field(0.999, "Adam β2")
+    grid_images: int = config_field(4, "fixed test images per direction in each epoch's grid")
+
+    def validate(self) -> "CycleGanConfig":
+        super().validate()
+        positive = {"crop_size": self.crop_size, "ngf": self.ngf, "ndf": self.ndf,
+                    "n_layers_d": self.n_layers_d, "epochs": self.epochs,
+                    "batch_size": self.batch_size, "lr": self.lr, "grid_images": self.grid_images}
+        non_negative = {"load_size": self.load_size, "n_blocks": self.n_blocks,
+                        "lambda_cycle": self.lambda_cycle, "pool_size": self.pool_size,
+                        "lambda_identity": self.lambda_identity}
+        for key, value in positive.items():
+            if value <= 0:
+                raise CnnkitError(f"--{key.replace('_', '-')} must be positive, got {value}")
+        for key, value in non_negative.items():
+            if value < 0:
+                raise CnnkitError(f"--{key.replace('_', '-')} must be 0 or more, got {value}")
+        if self.train_limit is not None and self.train_limit < 1:
+            raise CnnkitError(f"--train-limit must be at least 1 image, got {self.train_limit}")
+        if self.crop_size % 4:
+            raise CnnkitError(f"--crop-size must be a multiple of 4 (the generator halves it "
+                              f"twice), got {self.crop_size}")
+        if patch_side(self.crop_size, self.n_layers_d) < 1:
+            raise CnnkitError(f"--crop-size {self.crop_size} is too small for a {self.n_layers_d}-"
+                              f"layer PatchGAN; raise it or lower --n-layers-d")
+        if self.load_size and self.crop_size > self.load_size:
+            raise CnnkitError(f"--crop-size {self.crop_size} is larger than --load-size "
+                              f"{self.load_size}")
+        if self.decay_epochs is not None and not 0 <= self.decay_epochs <= self.epochs:
+            raise CnnkitError(f"--decay-epochs must be in [0, --epochs {self.epochs}], got "
+                              f"{self.decay_epochs}")
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise CnnkitError(f"--{key} must be in [0, 1), got {getattr(self, key)}")
+        return self
+
+    def resolve(self) -> "CycleGanConfig":
+        self.validate()
+        if self.decay_epochs is None:
+            self.decay_epochs = self.epochs // 2
+        return self
+
+
+@dataclass
+class CycleGanResult:
+    run_dir: Path
+    history: list[dict]
+    train_seconds: float
+
+
+# --- the losses (models/cycle_gan_model.py's backward_G and backward_D_basic) ---
+
+def lsgan_loss(prediction: torch.Tensor, real: bool) -> torch.Tensor:
+    """Least-squares GAN loss: the mean of (D(x) − 1)² for real targets, D(x)² for fake ones."""
+    return F.mse_loss(prediction.float(), torch.full_like(prediction.float(), float(real)))
+
+
+def discriminator_loss(discriminator: nn.Module, real: torch.Tensor,
+                       fake: torch.Tensor) -> torch.Tensor:
+    """½ (LSGAN(D(real), 1) + LSGAN(D(fake), 0)); the fakes come detached. One forward for both
+    halves: instance norm treats every image on its own, so the batch changes nothing."""
+    logits = discriminator(torch.cat([real, fake.detach()]))  # (2B, 1, H', W')
+    on_real, on_fake = logits.split(len(real))
+    return 0.5 * (lsgan_loss(on_real, True) + lsgan_loss(on_fake, False))
+
+
+def generator_losses(g_ab: nn.Module, g_ba: nn.Module, d_a: nn.Module, d_b: nn.Module,
+                     real_a: torch.Tensor, real_b: torch.Tensor, *, lambda_cycle: float = 10.0,
+                     lambda_identity: float = 0.5) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """({name: loss}, fake_b, fake_a) for one batch; "g_total" is what both generators minimise.
+
+    adv_ab: D_B should take G(a) for real; adv_ba likewise D_A and F(b). cycle_a = λ‖F(G(a)) − a‖₁,
+    cycle_b = λ‖G(F(b)) − b‖₁; idt_a = ½λ‖G(b) − b‖₁ (G applied to what is already B should
+    change nothing), idt_b = ½λ‖F(a) − a‖₁ (the authors' names: idt_A, idt_B).
+    """
+    n = len(real_a)
+    identity = lambda_identity > 0
+    # G(a) and G(b) in one forward (per-image norm: the same as two), likewise F(b) and F(a).
+    out_ab = g_ab(torch.cat([real_a, real_b]) if identity else real_a)
+    out_ba = g_ba(torch.cat([real_b, real_a]) if identity else real_b)
+    fake_b, fake_a = out_ab[:n], out_ba[:n]
+    losses = {"adv_ab": lsgan_loss(d_b(fake_b), True), "adv_ba": lsgan_loss(d_a(fake_a), True),
+              "cycle_a": lambda_cycle * F.l1_loss(g_ba(fake_b).float(), real_a.float()),
+              "cycle_b": lambda_cycle * F.l1_loss(g_ab(fake_a).float(), real_b.float())}
+    zero = real_a.new_zeros((), dtype=torch.float32)
+    weight = lambda_cycle * lambda_identity
+    losses["idt_a"] = weight * F.l1_loss(out_ab[n:].float(), real_b.float()) if identity else zero
+    losses["idt_b"] = weight * F.l1_loss(out_ba[n:].float(), real_a.float()) if identity else zero
+    losses["g_total"] = sum(losses.values())
+    return losses, fake_b, fake_a
+
+
+def lr_factor(epoch: int, epochs: int, decay_epochs: int) -> float:
+    """The authors' linear rule, 1 − max(0, epoch + 1 − n_epochs) / (n_epochs_decay + 1) with
+    epoch counted from 0: 1 for the first epochs − decay_epochs epochs, then falling by
+    1/(decay_epochs + 1) per epoch, to 1/(decay_epochs + 1) in the last."""
+    constant = epochs - decay_epochs
+    return 1.0 - max(0, epoch + 1 - constant) / (decay_epochs + 1)
+
+
+class ImagePool:
+    """The history of generated images a discriminator also sees (Shrivastava et al. 2017; the
+    authors' util/image_pool.py): the first `size` images pass through and are stored; after that
+    each image, with probability ½, is swapped for a stored one chosen uniformly (and stored in its
+    place), else passes through. Draws come from the pool's own generator, saved with its images
+    in `state_dict`, so a resumed run draws the same."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size = size
+        self.images: list[torch.Tensor] = []  # (C, H, W) each; replaced, never changed in place
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) generated images → (B, C, H, W) for the discriminator, detached."""
+        images = images.detach()
+        if self.size == 0:
+            return images
+        out = []
+        for image in images:
+            if len(self.images) < self.size:
+                self.images.append(image.clone())  # a copy: a view would keep its whole batch
+                out.append(image)
+            elif torch.rand((), generator=self.generator).item() < 0.5:
+                k = int(torch.randint(self.size, (), generator=self.generator))
+                out.append(self.images[k])
+                self.images[k] = image.clone()
+            else:
+                out.append(image)
+        return torch.stack(out)
+
+    def state_dict(self) -> dict:
+        return {"images": list(self.images), "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict, device: torch.device | None = None) -> None:
+        self.images = [image.to(device) for image in state["images"]]
+        self.generator.set_state(state["rng"])
+
+
+# --- data ---
+
+def load_domains(config: CycleGanConfig, split: str, *, load_size: int | None,
+                 limit: int | None = None) -> tuple[UnpairedDataset, tuple[str, str]]:
+    """(split of both domains, their names): a registered set, or the folder --data-dir."""
+    data_dir = Path(config.data_dir).expanduser()
+    if config.dataset is None:
+        if not data_dir.is_dir():
+            raise CnnkitError(f"--data-dir {data_dir} does not exist; give a folder with trainA/ "
+                              f"trainB/ testA/ testB/, or --dataset horse2zebra")
+        return load_unpaired(data_dir, split, load_size=load_size, limit=limit,
+                             quiet=config.quiet), ("A", "B")
+    info = get_dataset_info(config.dataset)
+    if info.task != "translate":
+        raise CnnkitError(f"{config.dataset} is a {info.task} data set; CycleGAN needs two "
+                          f"unpaired domains: --dataset horse2zebra, or --data-dir ROOT with "
+                          f"trainA/ trainB/ testA/ testB/")
+    ds = load_dataset(config.dataset, split, data_dir=data_dir, image_size=load_size,
+                      quiet=config.quiet)
+    if limit:
+        ds = replace(ds, a=ds.a[:limit], b=ds.b[:limit], files_a=ds.files_a[:limit],
+                     files_b=ds.files_b[:limit])
+    return ds, tuple(info.classes)
+
+
+def build_networks(config: CycleGanConfig) -> tuple[dict, dict]:
+    """({part: module}, {part: {"name", "kwargs"}}): G: A → B, F: B → A, D_A, D_B."""
+    g_name = "cyclegan_resnet_9blocks" if config.n_blocks == 9 else "cyclegan_resnet_6blocks"
+    g_kwargs = dict(ngf=config.ngf, n_blocks=config.n_blocks)
+    d_kwargs = dict(ndf=config.ndf, n_layers=config.n_layers_d)
+    specs = {"generator_ab": {"name": g_name, "kwargs": g_kwargs},
+             "generator_ba": {"name": g_name, "kwargs": g_kwargs},
+             "discriminator_a": {"name": "patchgan_70", "kwargs": d_kwargs},
+             "discriminator_b": {"name": "patchgan_70", "kwargs": d_kwargs}}
+    return {part: create_model(s["name"], **s["kwargs"]) for part, s in specs.items()}, specs
+
+
+# --- the run ---
+
+def train_cyclegan(config: CycleGanConfig, *, log=print) -> CycleGanResult:
+    """Train a CycleGAN; write the run folder; return the per-epoch history."""
+    prefix = f"cyclegan-{config.dataset or Path(config.data_dir).name}"
+    with Run.open(config, task="cyclegan", prefix=prefix, log=log) as run:
+        _train(run, run.config, run.log)
+        return CycleGanResult(run.dir, run.history, run.train_seconds)
+
+
+def _train(run: Run, config: CycleGanConfig, log) -> None:
+    if run.env.active:
+        raise CnnkitError("cnnkit cyclegan trains in one process; run it without torchrun")
+    data, domains = load_domains(config, "train", load_size=config.load_size or None,
+                                 limit=config.train_limit)
+    loader = UnpairedLoader(data, config.batch_size, crop_size=config.crop_size,
+                            hflip=config.hflip, seed=config.seed)
+    test, _ = load_domains(config, "test", load_size=None, limit=config.grid_images)
+    # The grids show whole test images at the training crop side, the same ones every epoch.
+    fixed = {d: to_unit_range(resize_images(x, config.crop_size)).to(run.device)
+             for d, x in (("a", test.a), ("b", test.b))}
+    nets, specs = build_networks(config)
+    nets = {part: run.prepare(net)[0] for part, net in nets.items()}
+    g_ab, g_ba, d_a, d_b = (nets[p] for p in ("generator_ab", "generator_ba", "discriminator_a",
+                                              "discriminator_b"))
+    betas = (config.beta1, config.beta2)
+    opt_g = torch.optim.Adam([*g_ab.parameters(), *g_ba.parameters()], lr=config.lr, betas=betas)
+    opt_d = torch.optim.Adam([*d_a.parameters(), *d_b.parameters()], lr=config.lr, betas=betas)
+    # Separate seeds: the two pools must not draw the same swaps.
+    pools = {"a": ImagePool(config.pool_size, config.seed + 1),
+             "b": ImagePool(config.pool_size, config.seed + 2)}
+    run.restore(models=nets, optimizers={"generators": opt_g, "discriminators": opt_d},
+                extra={"pools": None},
+                spec={"models": specs, "infer": "generator_ab", "classes": list(domains),
+                      "mean": [0.5] * 3, "std": [0.5] * 3,
+                      "image_shape": [3, config.crop_size, config.crop_size]})
+    if run.extra["pools"] is not None:
+        for key, pool in pools.items():
+            pool.load_state_dict(run.extra["pools"][key], run.device)
+    if not run.resuming:
+        log(f"CycleGAN {domains[0]} ↔ {domains[1]}: 2 × G {count_parameters(g_ab):,} / 2 × D "
+            f"{count_parameters(d_a):,} parameters | {len(data.a)} + {len(data.b)} images "
+            f"{data.image_size[0]}×{data.image_size[1]}, crops {config.crop_size} | "
+            f"{config.epochs} epochs × {len(loader)} steps | {run.device.type}, {run.precision} "
+            f"| run {run.dir}")
+
+    for epoch, batches in run.epochs(loader, epochs=config.epochs):
+        lr = config.lr * lr_factor(epoch, config.epochs, config.decay_epochs)
+        for group in [*opt_g.param_groups, *opt_d.param_groups]:
+            group["lr"] = lr
+        for net in nets.values():
+            net.train()
+        for real_a, real_b in batches:  # (B, 3, crop, crop) each, in [-1, 1]
+            # Generators: the discriminators' weights get no gradient from this step.
+            for net in (d_a, d_b):
+                net.requires_grad_(False)
+            with run.autocast():
+                losses, fake_b, fake_a = generator_losses(
+                    g_ab, g_ba, d_a, d_b, real_a, real_b, lambda_cycle=config.lambda_cycle,
+                    lambda_identity=config.lambda_identity)
+            run.step(losses["g_total"], opt_g, name="g_loss")
+            for net in (d_a, d_b):
+                net.requires_grad_(True)
+            # Discriminators: D_A tells real a from F(b), D_B real b from G(a); fakes via pools.
+            with run.autocast():
+                losses["d_a"] = discriminator_loss(d_a, real_a, pools["a"].query(fake_a))
+                losses["d_b"] = discriminator_loss(d_b, real_b, pools["b"].query(fake_b))
+            run.step(losses["d_a"] + losses["d_b"], opt_d, name="d_loss")
+            for key, value in losses.items():
+                run.sums[key] += value.item() * len(real_a)
+            run.sums["seen"] += len(real_a)
+            # Current before any checkpoint the engine writes after this step.
+            run.extra["pools"] = {key: pool.state_dict() for key, pool in pools.items()}
+        if not batches.complete:  # stopped mid-epoch: last.pt holds the position and the pools
+            break
+        _write_grid(run.dir, epoch, g_ab, g_ba, fixed, domains)
+        seen = run.sums["seen"]
+        run.end_epoch({"lr": lr, **{k: v / seen for k, v in run.sums.items() if k != "seen"}},
+                      batches=batches)
+        from cnnkit.viz.cyclegan import plot_cyclegan_losses  # noqa: PLC0415  (matplotlib)
+        plot_cyclegan_losses(run.dir / "metrics.csv", run.dir / "losses.png")
+    run.finish()
+
+
+# --- figures and translation ---
+
+@torch.no_grad()
+def cycle_images(g: nn.Module, f: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, input | G(x) | F(G(x)), C, H, W): the rows of a translation grid."""
+    translated = g(x)
+    return torch.stack([x, translated, f(translated)], dim=1).float().cpu()
+
+
+def _write_grid(run_dir: Path, epoch: int, g_ab, g_ba, fixed: dict, domains) -> None:
+    from cnnkit.viz.cyclegan import plot_translations  # noqa: PLC0415  (matplotlib)
+    for net in (g_ab, g_ba):
+        net.eval()
+    rows = {"AtoB": cycle_images(g_ab, g_ba, fixed["a"]),
+            "BtoA": cycle_images(g_ba, g_ab, fixed["b"])}
+    plot_translations(rows, run_dir / f"translations_epoch{epoch + 1:03d}.png", domains=domains,
+                      title=f"epoch {epoch + 1}")
+
+
+def load_translator(checkpoint: str | Path, direction: str = "AtoB", *, device: str = "cpu"):
+    """(generator for `direction` in eval mode on `device`, the checkpoint's domain names)."""
+    from cnnkit.inference.load import load_model  # noqa: PLC0415
+    if direction not in DIRECTIONS:
+        raise CnnkitError(f"--direction must be AtoB or BtoA, got '{direction}'")
+    part = "generator_ab" if direction == "AtoB" else "generator_ba"
+    loaded = load_model(checkpoint, task="cyclegan", command="`cnnkit cyclegan translate`",
+                        prefer="last", part=part)
+    return loaded.model.to(device).eval(), loaded.classes
+
+
+def translate_files(checkpoint: str | Path, images: list[str | Path], out_dir: str | Path, *,
+                    direction: str = "AtoB", image_size: int | None = None,
+                    device: str = "auto") -> list[Path]:
+    """Translate each image file with the checkpoint's generator; write OUT_DIR/<stem>.png.
+
+    Each image is translated at its own size, resized to the nearest multiple of 4 the generator
+    needs (as the authors' test-time preprocessing); `image_size` resizes it to a square side.
+    """
+    from PIL import Image  # noqa: PLC0415
+    stems = [Path(p).stem for p in images]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise CnnkitError(f"two inputs are named {twice[0]}: their outputs would overwrite each "
+                          f"other in {out_dir}")
+    if image_size is not None and (image_size < 4 or image_size % 4):
+        raise CnnkitError(f"--image-size must be a positive multiple of 4, got {image_size}")
+    device = resolve_device(device)  # auto, cpu or cuda; a missing GPU is a one-line error
+    generator, _ = load_translator(checkpoint, direction, device=device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, stem in zip(images, stems):
+        x = decode_image(path, channels=3).unsqueeze(0)  # (1, 3, H, W) uint8
+        h, w = x.shape[-2:]
+        size = (image_size, image_size) if image_size else (max(4, round(h / 4) * 4),
+                                                            max(4, round(w / 4) * 4))
+        x = to_unit_range(x)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp_(-1, 1)
+        with torch.inference_mode():
+            y = generator(x.to(device))[0].float().cpu()  # (3, H', W') in [-1, 1]
+        pixels = ((y + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+        target = out_dir / f"{stem}.png"
+        with atomic_path(target) as tmp:
+            Image.fromarray(pixels.numpy()).save(tmp, format="PNG")
+        written.append(target)
+    return written

@@ -1,0 +1,256 @@
+"""`train_pose(config)`: human pose estimation, top-down (HRNet) or bottom-up (OpenPose).
+
+Images and their joints (LSP: decoded once into memory) → affine crops with the reference
+augmentation (scale, rotation, flip with the left/right swap, half-body) → a registered pose
+network: HRNet's heatmaps with the target-weighted MSE (Sun et al. 2019), or OpenPose's confidence
+maps and part affinity fields with the loss of every stage (Cao et al. 2017, eq. 5) → per epoch
+the validation PCK@0.2 and the engine's table, metrics.csv, last.pt/best.pt by PCK → the test set
+predicted (top-down: the person's box and the flip test; bottom-up: the whole image, parsed into
+people, the best one scored), judged by PCK@0.2 per joint (the LSP protocol: torso = left shoulder
+to right hip, every joint scored) and OKS AP (pycocotools), and shown: skeletons on test images,
+the heatmaps (and fields) of one image, PCK per joint. Bottom-up models are also judged on
+`lsp-multi` canvases of 2–3 test people: are the people assembled from their own joints?
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnkit.data import load_dataset
+from cnnkit.data.lsp import PoseDataset, lsp_multi
+from cnnkit.data.pose_loader import PoseLoader
+from cnnkit.engine.run import Run
+from cnnkit.inference.pose import (best_person, heatmaps_of, predict_bottom_up,
+                                   predict_top_down)
+from cnnkit.models import create_model
+from cnnkit.models.pose.openpose import stage_loss
+from cnnkit.ops.heatmaps import crop_matrix, joints_mse_loss, warp_crop
+from cnnkit.train.classify import limit_test, make_optimizer, set_lr, split_validation
+from cnnkit.train.config import TrainConfig
+from cnnkit.train.pose_metrics import oks_ap, pck, pck_by_part
+from cnnkit.utils import CnnkitError
+
+BOTTOM_UP_SCALE = 1.25  # input pixels per image pixel: LSP's ~150 px people become ~190 px
+
+
+@dataclass
+class PoseResult:
+    run_dir: Path
+    history: list[dict]
+    test: dict  # pck (mean), pck_per_joint, oks_ap, ...; bottom-up also the lsp-multi scores
+    classes: list[str]
+    train_seconds: float
+    model: nn.Module | None = None
+    stop_reason: str | None = None
+
+
+def train_pose(config: TrainConfig, *, log=print) -> PoseResult:
+    """Train the pose network `config.model` on the pose data set `config.dataset`."""
+    with Run.open(config, task="pose", prefix=f"{config.model}-{config.dataset}",
+                  log=log) as run:
+        return _train(run, run.config, run.log)
+
+
+def _train(run: Run, config: TrainConfig, log) -> PoseResult:
+    env = run.env
+    options = dict(data_dir=Path(config.data_dir).expanduser(), quiet=config.quiet)
+    train_full = load_dataset(config.dataset, "train", **options)
+    test_set = limit_test(load_dataset(config.dataset, "test", **options), config)
+    train_set, val_set = split_validation(train_full, config)
+    num_joints = len(train_set.keypoint_names)
+    model_kwargs = dict(num_joints=num_joints, **config.model_args)
+    try:
+        model = create_model(config.model, **model_kwargs)
+    except CnnkitError:  # a classifier has no num_joints: say what is wrong, not the keyword
+        if getattr(create_model(config.model), "pose", False):
+            raise
+        model = None
+    if not getattr(model, "pose", False):
+        raise CnnkitError(f"{config.model} is not a pose network; {config.dataset} needs one "
+                          f"(pose_hrnet_w16_small, openpose_small, ...: `cnnkit models`)")
+    bottom_up = getattr(model, "bottom_up", False)
+    if bottom_up:  # its fields follow the data set's limbs
+        model_kwargs["limbs"] = [list(limb) for limb in train_set.skeleton]
+        model = create_model(config.model, **model_kwargs)
+    input_size = _input_size(config, bottom_up)
+    model, net = run.prepare(model, channels_last=config.channels_last)
+    optimizer = make_optimizer(config, model)
+    run.restore(models={"model": model}, optimizers={"model": optimizer}, spec={
+        "models": {"model": {"name": config.model, "kwargs": model_kwargs}}, "infer": "model",
+        "classes": list(train_set.keypoint_names), "mean": None, "std": None,
+        "image_shape": [3, *input_size], "bottom_up": bottom_up, "scale": BOTTOM_UP_SCALE,
+        "skeleton": [list(limb) for limb in train_set.skeleton],
+        "flip_index": list(train_set.flip_index), "kpt_sigmas": list(train_set.kpt_sigmas)})
+
+    loader = PoseLoader(train_set, config.batch_size, input_size=input_size, bottom_up=bottom_up,
+                        limbs=train_set.skeleton, scale=BOTTOM_UP_SCALE, augment=True,
+                        shuffle=True, drop_last=True, seed=config.seed, rank=env.rank,
+                        world_size=env.world_size)
+    steps_per_epoch = len(loader) // config.accumulate
+    total_steps = config.epochs * steps_per_epoch
+    if not run.resuming:
+        log(f"{config.model}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+            f"{'bottom-up' if bottom_up else 'top-down'}, input {input_size[0]}×{input_size[1]}"
+            f" | {config.dataset}: {len(train_set)} train, {len(val_set) if val_set else 0} val, "
+            f"{len(test_set)} test, {num_joints} joints | {config.epochs} epochs × "
+            f"{steps_per_epoch} steps | {run.device.type}, {run.precision} | run {run.dir}")
+
+    lr = config.lr
+    for epoch, batches in run.epochs(loader, epochs=config.epochs, accumulate=config.accumulate):
+        net.train()
+        for x, target in batches:
+            lr = set_lr(optimizer, config, run.step_count, total_steps, steps_per_epoch)
+            with run.autocast():
+                out = net(x)
+            if bottom_up:  # every stage supervised
+                loss = stage_loss(out[0].float(), out[1].float(), target["fields"], target["maps"])
+            else:
+                loss = joints_mse_loss(out.float(), target["heatmaps"], target["weights"])
+            run.sums["loss"] += run.step(loss, optimizer, clip=config.grad_clip) * len(x)
+            run.sums["seen"] += len(x)
+        if not batches.complete:  # stopped mid-epoch: last.pt holds the position
+            break
+        sums = run.reduce(run.sums)
+        row = {"train_loss": sums["loss"] / sums["seen"], "val_pck": None, "lr": lr}
+        if val_set is not None:
+            row["val_pck"] = evaluate_pose(model, val_set, run.spec, precision=run.precision)["pck"]
+        run.end_epoch(row, batches=batches,
+                      monitor=("val_pck", "max") if val_set is not None else ("train_loss", "min"))
+    run.finish()
+
+    test, predicted = evaluate_pose(model, test_set, run.spec, precision=run.precision,
+                                    with_oks=True, keep=True)
+    if bottom_up:
+        test.update(evaluate_multi(model, test_set, precision=run.precision))
+    log(f"test ({len(test_set)} images): PCK@0.2 {test['pck']:.4f}  OKS AP {test['oks_ap']:.4f}"
+        f"  AP50 {test['oks_ap50']:.4f}")
+    log(pck_table(test["pck_per_joint"], train_set.keypoint_names))
+    if bottom_up:
+        log(f"lsp-multi ({test['multi_people']} people on {test['multi_canvases']} canvases): "
+            f"assembled correctly {test['assembly_accuracy']:.4f}, found "
+            f"{test['multi_found']:.4f}")
+    if env.is_main:
+        _write_figures(run.dir, model, test_set, predicted, test, run.spec,
+                       precision=run.precision)
+    return PoseResult(run.dir, run.history, test, list(train_set.keypoint_names),
+                      run.train_seconds, model, run.stop_reason)
+
+
+def _input_size(config: TrainConfig, bottom_up: bool) -> tuple[int, int]:
+    """(H, W): top-down crops of aspect 4:3 (HRNet's 256×192), bottom-up squares; both sides
+    multiples of 32 (HRNet halves four times; OpenPose's stride is 8)."""
+    height = config.image_size or (256 if bottom_up else 128)
+    step = 32 if bottom_up else 128  # 128: then ¾ of it is a multiple of 32 too
+    if height % step:
+        raise CnnkitError(f"--image-size {height}: {'bottom-up' if bottom_up else 'top-down'} "
+                          f"pose inputs need a multiple of {step} (e.g. "
+                          f"{'256' if bottom_up else '128, 256 or 384'})")
+    return (height, height) if bottom_up else (height, height * 3 // 4)
+
+
+# --- evaluation ---
+
+def predict_joints(model: nn.Module, ds: PoseDataset, spec: dict, *, precision: str = "fp32"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joints (N, J, 2) in image pixels (NaN where a bottom-up parse found none) and a score
+    per image (the mean heatmap peak, or the person's parse score)."""
+    if spec.get("bottom_up"):
+        joints, scores = [], []
+        for image in ds.images:
+            people, _, _ = predict_bottom_up(model, image, scale=BOTTOM_UP_SCALE,
+                                             precision=precision)
+            joints.append(best_person(people, len(ds.keypoint_names)))
+            scores.append(people[0].score if people else 0.0)
+        return torch.stack(joints), torch.tensor(scores)
+    input_size = tuple(spec["image_shape"][1:])
+    joints, peaks = predict_top_down(model, ds.images, ds.boxes, input_size=input_size,
+                                     flip_index=spec["flip_index"], precision=precision)
+    return joints, peaks.mean(dim=1)
+
+
+def evaluate_pose(model: nn.Module, ds: PoseDataset, spec: dict, *, precision: str = "fp32",
+                  with_oks: bool = False, keep: bool = False):
+    """PCK@0.2 (mean and per joint) of `model` on `ds`, and with `with_oks` the OKS AP."""
+    joints, scores = predict_joints(model, ds, spec, precision=precision)
+    per_joint, mean = pck(joints, ds.joints)
+    out = {"pck": mean, "pck_per_joint": [float(v) for v in per_joint]}
+    if with_oks:
+        # A joint the parse did not find sits far away: wrong, as PCK counts it.
+        placed = torch.where(torch.isnan(joints), torch.full_like(joints, -1e4), joints)
+        coco = oks_ap(placed, ds.joints, ds.visible, ds.image_sizes(), scores.clamp(min=0),
+                      sigmas=spec["kpt_sigmas"], keypoint_names=list(ds.keypoint_names))
+        keypoints = coco.stats["keypoints"]
+        out.update(oks_ap=keypoints["AP"], oks_ap50=keypoints["AP50"])
+    return (out, joints) if keep else out
+
+
+def evaluate_multi(model: nn.Module, ds: PoseDataset, *, canvases: int | None = None,
+                   seed: int = 0, precision: str = "fp32") -> dict:
+    """Bottom-up on `lsp-multi`: canvases (default 100, fewer for a data set under 200 images)
+    of 2–3 test images side by side (data/lsp.py). A
+    person counts as found when some parsed skeleton has at least half of its found joints
+    within PCK@0.2 of that person's joints; it is assembled correctly when that skeleton also
+    takes every one of its joints from that person's tile — no limb borrowed from a neighbour.
+    """
+    canvases = min(100, max(1, len(ds) // 2)) if canvases is None else canvases
+    people_total = found = correct = 0
+    for canvas in lsp_multi(ds, count=canvases, seed=seed):
+        parsed, _, _ = predict_bottom_up(model, canvas.image, scale=BOTTOM_UP_SCALE,
+                                         precision=precision)
+        for person, (truth, (left, right)) in enumerate(zip(canvas.joints, canvas.tiles)):
+            people_total += 1
+            torso = float(torch.linalg.vector_norm(truth[9] - truth[2]))
+            best, best_near = None, 0
+            for skeleton in parsed:
+                xy = skeleton.joints[:, :2]
+                ok = torch.isfinite(xy[:, 0])
+                near = int(((torch.linalg.vector_norm(xy - truth, dim=1) <= 0.2 * torso)
+                            & ok).sum())
+                if 2 * near >= int(ok.sum()) and near > best_near:
+                    best, best_near = skeleton, near
+            if best is None:
+                continue
+            found += 1
+            xs = best.joints[:, 0]
+            xs = xs[torch.isfinite(xs)]
+            correct += int(((xs >= left) & (xs < right)).all())
+    return {"multi_canvases": canvases, "multi_people": people_total,
+            "multi_found": found / max(people_total, 1),
+            "assembly_accuracy": correct / max(people_total, 1)}
+
+
+def pck_table(per_joint, names) -> str:
+    """PCK@0.2 per body part (left/right averaged, the LSP table's columns) and the mean."""
+    parts = pck_by_part(per_joint, names)
+    head = "".join(f"{p[:9]:>10}" for p in parts) + f"{'mean':>10}"
+    values = "".join(f"{v:>10.3f}" for v in parts.values())
+    return f"PCK@0.2 {head}\n        {values}{float(np.nanmean(per_joint)):>10.3f}"
+
+
+# --- figures ---
+
+def _write_figures(run_dir: Path, model: nn.Module, ds: PoseDataset, joints: torch.Tensor,
+                   test: dict, spec: dict, *, precision: str) -> None:
+    """skeletons.png (test images, prediction and truth), heatmaps.png (one image's maps),
+    pck_per_joint.png."""
+    from cnnkit.viz.pose import plot_maps, plot_pck, plot_skeletons  # noqa: PLC0415
+    shown = list(range(min(8, len(ds))))
+    plot_skeletons([ds.images[i] for i in shown], joints[shown], ds.joints[shown], ds.skeleton,
+                   run_dir / "skeletons.png")
+    plot_pck(test["pck_per_joint"], ds.keypoint_names, run_dir / "pck_per_joint.png")
+    if not len(ds):
+        return
+    shown = ds.images[0]
+    if spec.get("bottom_up"):
+        _, maps, fields = predict_bottom_up(model, shown, scale=BOTTOM_UP_SCALE,
+                                            precision=precision)
+    else:  # the person crop the heatmaps belong to, not the whole photo
+        size = tuple(spec["image_shape"][1:])
+        maps, fields = heatmaps_of(model, shown, ds.boxes[0], size), None
+        crop = warp_crop(shown, crop_matrix(ds.boxes[0].tolist(), size), size)
+        shown = crop.round().clamp(0, 255).to(torch.uint8)
+    plot_maps(shown, maps, fields, ds.keypoint_names, run_dir / "heatmaps.png")

@@ -1,0 +1,158 @@
+"""The CycleGAN judge (cnnkit.generation.judge) on real horse2zebra photos: fake generators whose
+judgement follows from the definitions (identity: success = the judge's error on the source
+domain, cycle L1 = 0; swapping in real target images: success = the judge's accuracy there, FID =
+the floor), a tiny trained CycleGAN judged by `cnnkit cyclegan eval` in a real process, and its
+one-line errors."""
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from cnnkit.data.array_dataset import resize_images
+from cnnkit.data.unpaired import load_unpaired, to_unit_range
+from cnnkit.generation.fid import Classifier, features, frechet_distance, statistics
+from cnnkit.generation.judge import (NOT_INCEPTION, judge_generators, judge_translation,
+                                     load_judge)
+from cnnkit.train.classify import train
+from cnnkit.train.config import TrainConfig
+from cnnkit.train.cyclegan import CycleGanConfig, train_cyclegan
+from cnnkit.utils import CnnkitError
+from tests.cli._run import assert_one_line_error, cnnkit
+from tests.data.test_unpaired import make_unpaired
+
+SIDE = 32  # the CycleGAN's crop and the judge's input: translated images reach the judge as is
+QUIET = dict(quiet=True, tensorboard=False, threads=1, precision="fp32")
+
+
+def _judge(out_dir, name, **overrides):
+    config = dict(model="resnet18", dataset="horse2zebra-domains", image_size=SIDE, epochs=2,
+                  batch_size=8, val_fraction=0.0, out_dir=str(out_dir), name=name, **QUIET)
+    return train(TrainConfig(**{**config, **overrides}), log=lambda *_: None).run_dir
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, one_thread):
+    """DATA_DIR/horse2zebra-128 (16 + 16 training, 6 + 6 test photos), a resnet18 judge trained
+    on them (2 epochs) and a 1-block CycleGAN trained 1 epoch on 4 images per domain."""
+    tmp = tmp_path_factory.mktemp("judge")
+    data_dir = tmp / "data"
+    root = make_unpaired(data_dir / "horse2zebra-128", n_train=16, n_test=6)
+    judge_dir = _judge(tmp, "judge", data_dir=str(data_dir))
+    gan = train_cyclegan(CycleGanConfig(
+        dataset="horse2zebra", data_dir=str(data_dir), train_limit=4, load_size=SIDE + 4,
+        crop_size=SIDE, ngf=4, ndf=4, n_blocks=1, n_layers_d=2, pool_size=2, epochs=1,
+        grid_images=2, out_dir=str(tmp), name="gan", **QUIET), log=lambda *_: None)
+    return dict(tmp=tmp, data_dir=data_dir, root=root, judge=judge_dir, gan=gan.run_dir,
+                test=load_unpaired(root, "test"), train=load_unpaired(root, "train"))
+
+
+class Lookup(nn.Module):
+    """A fake generator: an input image found among `sources` becomes the `outputs` image at the
+    same index; any other image passes unchanged."""
+
+    def __init__(self, sources: torch.Tensor, outputs: torch.Tensor):
+        super().__init__()
+        self.sources, self.outputs = sources.flatten(1), outputs  # (N, 3·S·S), (N, 3, S, S)
+
+    def forward(self, x):
+        out = x.clone()
+        for i, image in enumerate(x):
+            hit = (self.sources == image.flatten()).all(1).nonzero()  # (hits, 1)
+            if len(hit):
+                out[i] = self.outputs[hit[0, 0]]
+        return out
+
+
+def _unit(images):
+    return to_unit_range(resize_images(images, SIDE))
+
+
+def _judge_on(judge, images):
+    """Predicted classes by the plain forward pass: the oracle for the judge's own path."""
+    with torch.no_grad():
+        return judge.model(judge.normalise(resize_images(images, SIDE))).argmax(1)
+
+
+def test_identity_translator_scores_the_judges_error_and_no_cycle_loss(setup):
+    judge = load_judge(setup["judge"], ("horse", "zebra"))
+    test, train_set = setup["test"], setup["train"]
+    same = nn.Identity()
+    result = judge_generators(same, same, judge, test, train_set, ("horse", "zebra"),
+                              image_size=SIDE)
+    horse, zebra = judge.classes.index("horse"), judge.classes.index("zebra")
+    acc_horse = (_judge_on(judge, test.a) == horse).double().mean().item()
+    acc_zebra = (_judge_on(judge, test.b) == zebra).double().mean().item()
+    assert result.domain_accuracy == pytest.approx({"horse": acc_horse, "zebra": acc_zebra})
+    assert result.judge_accuracy == pytest.approx((acc_horse * 6 + acc_zebra * 6) / 12)
+    ab, ba = result.directions["AtoB"], result.directions["BtoA"]
+    # Untranslated horses count as zebras exactly where the judge errs on horses.
+    assert ab.success == pytest.approx(1 - acc_horse) and ba.success == pytest.approx(1 - acc_zebra)
+    assert ab.cycle_l1 == 0.0 and ba.cycle_l1 == 0.0
+    assert (ab.source, ab.target, ab.n, ab.n_real, ab.n_floor) == ("horse", "zebra", 6, 6, 6)
+    # FID of the "translations" = FID(real test horses, real test zebras), with the features
+    # fid.py takes independently (the input of the classifier's last Linear, by a hook).
+    oracle = Classifier(judge.model, judge.mean, judge.std, judge.image_shape, judge.classes)
+    fa, fb = (features(oracle, resize_images(x, SIDE)) for x in (test.a, test.b))
+    assert result.feature_dim == fa.shape[1] == 512
+    assert ab.fid == pytest.approx(frechet_distance(*statistics(fa), *statistics(fb)), rel=1e-6)
+    assert ba.fid == pytest.approx(frechet_distance(*statistics(fb), *statistics(fa)), rel=1e-6)
+    fb_train = features(oracle, resize_images(setup["train"].b[:6], SIDE))
+    assert ab.fid_floor == pytest.approx(frechet_distance(*statistics(fb_train),
+                                                          *statistics(fb)), rel=1e-6)
+
+
+def test_swapping_in_real_target_images_scores_the_judges_accuracy_and_the_floor(setup):
+    judge = load_judge(setup["judge"], ("zebra", "horse"))  # the classes in either order
+    test, train_set = setup["test"], setup["train"]
+    a, b = _unit(test.a), _unit(test.b)
+    # G turns the i-th test horse into the i-th test zebra, F the reverse.
+    result = judge_generators(Lookup(a, b), Lookup(b, a), judge, test, train_set,
+                              ("horse", "zebra"), image_size=SIDE)
+    ab, ba = result.directions["AtoB"], result.directions["BtoA"]
+    assert ab.success == pytest.approx(result.domain_accuracy["zebra"])
+    assert ba.success == pytest.approx(result.domain_accuracy["horse"])
+    assert ab.cycle_l1 == 0.0 and ab.fid == pytest.approx(0.0, abs=1e-6)  # the same set
+    # Swapping in the first real *training* zebras reproduces the floor's set exactly.
+    swapped = judge_generators(Lookup(a, _unit(train_set.b[:6])), nn.Identity(), judge, test,
+                               train_set, ("horse", "zebra"), image_size=SIDE)
+    sab = swapped.directions["AtoB"]
+    assert sab.fid == pytest.approx(sab.fid_floor, rel=1e-9) and sab.fid_floor > 0
+    assert (sab.kid, sab.kid_se) == pytest.approx((sab.kid_floor, sab.kid_floor_se), rel=1e-9)
+    zebra = judge.classes.index("zebra")
+    assert sab.success == pytest.approx(
+        (_judge_on(judge, train_set.b[:6]) == zebra).double().mean().item())
+    assert sab.cycle_l1 > 0  # F is the identity: the horse does not come back
+
+
+def test_cli_eval_prints_the_judgement(setup):
+    proc = cnnkit("cyclegan", "eval", setup["gan"], "--judge", setup["judge"], "--n", "5")
+    assert proc.returncode == 0, proc.stderr
+    result = judge_translation(setup["gan"], setup["judge"], n=5, device="cpu")
+    out = proc.stdout
+    for j in result.directions.values():
+        row = next(line for line in out.splitlines() if line.startswith(f"{j.source} → "))
+        assert re.search(rf"\s{j.success * 100:.1f}%\s", row), row
+        assert row.rstrip().endswith(f"{j.n} vs {j.n_real}; {j.n_floor} train")
+        assert j.n == j.n_real == j.n_floor == 5 and j.fid >= 0 and j.cycle_l1 > 0
+    assert f"{result.judge_accuracy:.1%}" in out and f"resized whole to {SIDE}×{SIDE}" in out
+    assert NOT_INCEPTION in out and "NOT Inception-FID" in out
+
+
+def test_cli_errors_for_judges_that_do_not_fit(setup):
+    digits = train(TrainConfig(model="plain_cnn", dataset="digits", epochs=1, train_limit=32,
+                               batch_size=16, out_dir=str(setup["tmp"]), name="digits", **QUIET),
+                   log=lambda *_: None).run_dir
+    proc = cnnkit("cyclegan", "eval", setup["gan"], "--judge", digits)
+    assert_one_line_error(proc, "has 10 classes", "a CycleGAN's judge has two",
+                          "horse2zebra-domains")
+    folder = _judge(setup["tmp"], "ab", dataset="unpaired-domains", data_dir=str(setup["root"]),
+                    epochs=1, train_limit=8)
+    proc = cnnkit("cyclegan", "eval", setup["gan"], "--judge", folder)
+    assert_one_line_error(proc, "knows classes A, B but the CycleGAN's domains are horse, zebra")
+    with pytest.raises(CnnkitError, match=r"is a cyclegan checkpoint"):
+        judge_translation(setup["gan"], setup["gan"])
+    with pytest.raises(CnnkitError, match=r"--n must be at least 3 images"):
+        judge_translation(setup["gan"], setup["judge"], n=2)
+    with pytest.raises(CnnkitError, match=r"--image-size must be a positive multiple of 4"):
+        judge_translation(setup["gan"], setup["judge"], n=3, image_size=30, device="cpu")

@@ -1,0 +1,66 @@
+"""OpenPose: shapes, intermediate supervision, and a network that learns to parse two people."""
+import pytest
+import torch
+
+from cnnkit.data.lsp import SKELETON
+from cnnkit.models.pose.openpose import openpose_small, openpose_vgg19, stage_loss
+from cnnkit.ops.paf import affinity_fields, confidence_maps, parse_people
+from cnnkit.utils import CnnkitError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_every_stage_predicts_fields_and_maps_at_stride_8():
+    model = openpose_small()
+    fields, maps = model(torch.randn(2, 3, 64, 96))
+    assert fields.shape == (3, 2, 2 * len(SKELETON), 8, 12)
+    assert maps.shape == (3, 2, 14, 8, 12)
+
+
+def test_paper_layout_has_six_stages_and_a_vgg19_trunk():
+    model = openpose_vgg19()
+    assert len(model.field_stages) == len(model.map_stages) == 6
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 128, 256, 256, 256, 256, 512, 512]
+    assert model.field_stages[1][0].conv.kernel_size == (7, 7)
+
+
+def test_every_parameter_learns_from_the_stage_losses():
+    model = openpose_small()
+    fields, maps = model(torch.randn(1, 3, 32, 32))
+    stage_loss(fields, maps, torch.zeros_like(fields[0]), torch.rand_like(maps[0])).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_a_skeleton_with_an_unknown_joint_is_refused():
+    with pytest.raises(CnnkitError, match="outside"):
+        openpose_small(num_joints=5)  # the LSP tree names joints up to 13
+
+
+def test_fits_two_people_and_parses_them_apart():
+    # Two stick figures on one 64×64 image; after a few hundred steps the network's own
+    # predictions must parse into two people with the right joints (within 2 map pixels).
+    torch.manual_seed(0)
+    limbs = [(0, 1), (1, 2), (1, 3), (1, 4)]
+    people = torch.tensor([[[3.0, 1.0], [3.0, 3.0], [1.0, 4.0], [5.0, 4.0], [3.0, 6.0]],
+                           [[10.0, 1.0], [10.0, 3.0], [8.0, 4.0], [12.0, 4.0], [10.0, 6.0]]])
+    visible = torch.ones(2, 5, dtype=torch.bool)
+    target_maps = confidence_maps(people, visible, (8, 14), sigma=0.7)[None]
+    target_fields = affinity_fields(people, visible, limbs, (8, 14), width=0.8)[None]
+    image = torch.zeros(1, 3, 64, 112)
+    for x, y in (people * 8 + 4).reshape(-1, 2).long().tolist():  # a bright dot per joint
+        image[0, :, y - 3:y + 4, x - 3:x + 4] = 1.0
+    model = openpose_small(num_joints=5, limbs=limbs, stages=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(300):
+        loss = stage_loss(*model(image), target_fields, target_maps)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        fields, maps = model(image)
+    found = parse_people(maps[-1, 0], fields[-1, 0], limbs, min_joints=5)
+    assert len(found) == 2
+    for person in found:
+        truth = min(people, key=lambda p: float((p - person.joints[:, :2]).abs().sum()))
+        assert (person.joints[:, :2] - truth).abs().max() <= 2.0

@@ -1,0 +1,68 @@
+"""The pose task end to end on real LSP photos: HRNet (top-down) and OpenPose (bottom-up) trained
+by the real `cnnkit train`, judged by PCK@0.2 and OKS AP, then `eval` and `predict` on the
+checkpoints; the task's bad input."""
+import csv
+
+import pytest
+import torch
+
+from tests.cli._run import assert_one_line_error, cnnkit
+from tests.conftest import DATASETS
+from tests.train.test_detect import flags
+
+TINY = dict(dataset="lsp", data_dir=str(DATASETS), train_limit=20, val_fraction=0.2,
+            test_limit=6, batch_size=8, epochs=2, quiet=True, threads=2, tensorboard=False,
+            precision="fp32", deterministic=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pose")
+    for model, extra in (("pose_hrnet_w16_small", ["--image-size", "128"]),
+                         ("openpose_small", ["--image-size", "128"])):
+        proc = cnnkit("train", "--model", model, *flags(TINY), *extra, "--out-dir", out,
+                      "--name", model)
+        assert proc.returncode == 0, proc.stderr
+        assert "test PCK@0.2:" in proc.stdout and "PCK@0.2" in proc.stdout
+    return out
+
+
+@pytest.mark.parametrize("model", ["pose_hrnet_w16_small", "openpose_small"])
+def test_run_folder_holds_the_scores_and_figures(runs, model):
+    run = runs / model
+    for name in ("config.yaml", "metrics.csv", "last.pt", "best.pt", "skeletons.png",
+                 "heatmaps.png", "pck_per_joint.png"):
+        assert (run / name).is_file(), name
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["task"] == "pose" and ckpt["best"]["metric"] == "val_pck"
+    assert ckpt["spec"]["bottom_up"] == (model == "openpose_small")
+    assert len(ckpt["spec"]["skeleton"]) == 13 and len(ckpt["spec"]["classes"]) == 14
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len(rows) == 2 and all(0 <= float(r["val_pck"]) <= 1 for r in rows)
+
+
+def test_eval_prints_the_pck_table_and_multi_person_assembly(runs):
+    proc = cnnkit("eval", runs / "pose_hrnet_w16_small", "--limit", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "lsp test (4 images" in proc.stdout and "shoulder" in proc.stdout
+    assert "OKS AP" in proc.stdout
+    proc = cnnkit("eval", runs / "openpose_small", "--limit", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "lsp-multi" in proc.stdout and "assembled correctly" in proc.stdout
+
+
+@pytest.mark.parametrize("model", ["pose_hrnet_w16_small", "openpose_small"])
+def test_predict_draws_skeletons(runs, model, tmp_path):
+    image = DATASETS / "lsp" / "images" / "im1500.jpg"
+    proc = cnnkit("predict", runs / model, image, tmp_path / "missing.jpg",
+                  "--out-dir", tmp_path)
+    assert proc.returncode == 2  # the missing file, reported; the photo still predicted
+    assert "im1500.jpg:" in proc.stdout and (tmp_path / "im1500_pose.png").is_file()
+
+
+def test_pose_bad_input_is_one_line(tmp_path):
+    proc = cnnkit("train", "--model", "pose_hrnet_w16_small", *flags(TINY), "--image-size",
+                  "100", "--out-dir", tmp_path)
+    assert_one_line_error(proc, "multiple of 128")
+    proc = cnnkit("train", "--model", "lenet", *flags(TINY), "--out-dir", tmp_path)
+    assert_one_line_error(proc, "not a pose network")
