@@ -176,43 +176,20 @@ def _train(run: Run, config: TrainConfig, log) -> TrainResult:
         "models": {"model": {"name": config.model, "kwargs": model_kwargs}}, "infer": "model",
         "classes": train_set.classes, "mean": list(train_set.mean), "std": list(train_set.std),
         "image_shape": list(train_set.image_shape)})
-    batch_size = min(config.batch_size, -(-len(train_set) // env.world_size))
-    if batch_size < config.batch_size:  # a small folder: one batch of all its images
-        log(f"note: --batch-size {config.batch_size} is more than the {len(train_set)} training "
-            f"images; using batches of {batch_size}")
-    train_loader = make_loader(train_set, batch_size, config, train=True, env=env)
+    train_loader = make_loader(train_set, _fitted_batch(config, len(train_set), env, log), config,
+                               train=True, env=env)
     eval_batch = max(256, config.batch_size)
     val_loader = make_loader(shard(val_set, env), eval_batch, config) if val_set else None
     num_classes = model_kwargs["num_classes"]
     steps_per_epoch = len(train_loader) // config.accumulate
     total_steps = config.epochs * steps_per_epoch
     # best.pt and early stopping follow the validation metric; without a split, the train loss.
-    monitor = (config.monitor, "min" if config.monitor == "val_loss" else "max") if val_loader \
-        else ("train_loss", "min")
+    monitor = ((config.monitor, "min" if config.monitor == "val_loss" else "max") if val_loader
+               else ("train_loss", "min"))
     if not run.resuming:
-        log(f"{config.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
-            f"{config.dataset}: {len(train_set)} train, {len(val_set) if val_set else 0} val, "
-            f"{len(test_set)} test{_unreadable(train_set)} | {config.epochs} epochs × {steps_per_epoch} steps | "
-            f"{run.device.type}, {run.precision} | run {run.dir}")
-        mean, std = (", ".join(f"{v:.3f}" for v in vals) for vals in (train_set.mean,
-                                                                          train_set.std))
-        resize = ""
-        if config.dataset == "imagefolder":
-            scale = train_crop_scale(train_set)
-            side = train_set.image_shape[-1]
-            resize = (f" (shorter side → {round(side / EVAL_CROP)}, centre {side}×{side}; "
-                      f"training: random-resized crops, area {scale[0]:g}–{scale[1]:g})")
-        log(f"input {'×'.join(map(str, train_set.image_shape))}{resize} | normalised with "
-            f"mean ({mean}) std ({std})")
-        if config.init_weights:
-            log(f"fine-tuning from {config.init_weights}" + (f" | {frozen}" if frozen else "")
-                + (f" | backbone lr × {config.backbone_lr_scale:g}"
-                   if config.backbone_lr_scale != 1 else ""))
-        elif frozen:
-            log(frozen)
-        if env.active:
-            log(f"distributed: {env.world_size} processes × batch {config.batch_size} = global "
-                f"batch {env.world_size * config.batch_size}")
+        for line in _describe_start(run, model, (train_set, val_set, test_set), steps_per_epoch,
+                                    frozen):
+            log(line)
 
     lr = config.lr
     for epoch, batches in run.epochs(train_loader, epochs=config.epochs,
@@ -264,6 +241,46 @@ def _train(run: Run, config: TrainConfig, log) -> TrainResult:
         f"{scores}  ({test.count} images)")
     return TrainResult(run.dir, run.history, test, train_set.classes, run.train_seconds, model,
                        run.stop_reason)
+
+
+def _fitted_batch(config: TrainConfig, images: int, env, log) -> int:
+    """--batch-size, or all of a small folder's images in one batch (said once)."""
+    batch_size = min(config.batch_size, -(-images // env.world_size))
+    if batch_size < config.batch_size:
+        log(f"note: --batch-size {config.batch_size} is more than the {images} training "
+            f"images; using batches of {batch_size}")
+    return batch_size
+
+
+def _describe_start(run: Run, model: nn.Module, splits: tuple, steps_per_epoch: int,
+                    frozen: str) -> list[str]:
+    """The run's header: model, data, schedule and device; input and normalisation;
+    fine-tuning; ranks."""
+    config, env = run.config, run.env
+    train_set, val_set, test_set = splits
+    lines = [f"{config.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
+             f"{config.dataset}: {len(train_set)} train, {len(val_set) if val_set else 0} val, "
+             f"{len(test_set)} test{_unreadable(train_set)} | {config.epochs} epochs × "
+             f"{steps_per_epoch} steps | {run.device.type}, {run.precision} | run {run.dir}"]
+    mean, std = (", ".join(f"{v:.3f}" for v in vals) for vals in (train_set.mean, train_set.std))
+    resize = ""
+    if config.dataset == "imagefolder":
+        scale = train_crop_scale(train_set)
+        side = train_set.image_shape[-1]
+        resize = (f" (shorter side → {round(side / EVAL_CROP)}, centre {side}×{side}; "
+                  f"training: random-resized crops, area {scale[0]:g}–{scale[1]:g})")
+    lines.append(f"input {'×'.join(map(str, train_set.image_shape))}{resize} | normalised with "
+                 f"mean ({mean}) std ({std})")
+    if config.init_weights:
+        lines.append(f"fine-tuning from {config.init_weights}" + (f" | {frozen}" if frozen else "")
+                     + (f" | backbone lr × {config.backbone_lr_scale:g}"
+                        if config.backbone_lr_scale != 1 else ""))
+    elif frozen:
+        lines.append(frozen)
+    if env.active:
+        lines.append(f"distributed: {env.world_size} processes × batch {config.batch_size} = "
+                     f"global batch {env.world_size * config.batch_size}")
+    return lines
 
 
 # --- helpers of the loop ---

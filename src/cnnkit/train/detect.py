@@ -78,14 +78,7 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
                 ema={"model": ema} if ema else None, spec=_spec(config, model_kwargs, train_set))
     judged = ema.model if ema else model  # the weights validation, test and inference use
 
-    augment = DetectionAugment(hflip=config.hflip and train_set.hflip_ok,
-                               scale=(1 / config.max_scale, config.max_scale),
-                               flip_index=getattr(train_set, "flip_index", None),
-                               hsv=HSV_GAINS if recipe["mosaic"] else None)
-    mosaic = Mosaic(model.img_size) if recipe["mosaic"] else None
-    loader = DetectionLoader(train_set, config.batch_size, shuffle=True, drop_last=True,
-                             seed=config.seed, augment=augment, mosaic=mosaic, rank=env.rank,
-                             world_size=env.world_size)
+    loader, mosaic = _train_loader(config, train_set, model, recipe, env)
     steps_per_epoch = len(loader) // config.accumulate
     total_steps = config.epochs * steps_per_epoch
     if not run.resuming:
@@ -158,6 +151,19 @@ def _build(config: TrainConfig, ds) -> tuple[nn.Module, dict]:
         raise CnnkitError(f"{config.model} learns {needs}, but {config.dataset} has none; "
                           f"choose a box detector (e.g. fasterrcnn_resnet18_fpn)")
     return model, kwargs
+
+
+def _train_loader(config: TrainConfig, train_set, model: nn.Module, recipe: dict, env):
+    """The augmented training loader, and its mosaic (None without one) for close_mosaic."""
+    augment = DetectionAugment(hflip=config.hflip and train_set.hflip_ok,
+                               scale=(1 / config.max_scale, config.max_scale),
+                               flip_index=getattr(train_set, "flip_index", None),
+                               hsv=HSV_GAINS if recipe["mosaic"] else None)
+    mosaic = Mosaic(model.img_size) if recipe["mosaic"] else None
+    loader = DetectionLoader(train_set, config.batch_size, shuffle=True, drop_last=True,
+                             seed=config.seed, augment=augment, mosaic=mosaic, rank=env.rank,
+                             world_size=env.world_size)
+    return loader, mosaic
 
 
 def _yolo_recipe(config: TrainConfig, model: nn.Module) -> dict:

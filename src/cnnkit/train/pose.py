@@ -55,14 +55,10 @@ def train_pose(config: TrainConfig, *, log=print) -> PoseResult:
         return _train(run, run.config, run.log)
 
 
-def _train(run: Run, config: TrainConfig, log) -> PoseResult:
-    env = run.env
-    options = dict(data_dir=Path(config.data_dir).expanduser(), quiet=config.quiet)
-    train_full = load_dataset(config.dataset, "train", **options)
-    test_set = limit_test(load_dataset(config.dataset, "test", **options), config)
-    train_set, val_set = split_validation(train_full, config)
-    num_joints = len(train_set.keypoint_names)
-    model_kwargs = dict(num_joints=num_joints, **config.model_args)
+def _build(config: TrainConfig, train_set) -> tuple[nn.Module, dict, bool]:
+    """The pose network for the data set's joints (and, bottom-up, its limbs); a one-line error
+    for a model that is not one."""
+    model_kwargs = dict(num_joints=len(train_set.keypoint_names), **config.model_args)
     try:
         model = create_model(config.model, **model_kwargs)
     except CnnkitError:  # a classifier has no num_joints: say what is wrong, not the keyword
@@ -76,6 +72,16 @@ def _train(run: Run, config: TrainConfig, log) -> PoseResult:
     if bottom_up:  # its fields follow the data set's limbs
         model_kwargs["limbs"] = [list(limb) for limb in train_set.skeleton]
         model = create_model(config.model, **model_kwargs)
+    return model, model_kwargs, bottom_up
+
+
+def _train(run: Run, config: TrainConfig, log) -> PoseResult:
+    env = run.env
+    options = dict(data_dir=Path(config.data_dir).expanduser(), quiet=config.quiet)
+    train_full = load_dataset(config.dataset, "train", **options)
+    test_set = limit_test(load_dataset(config.dataset, "test", **options), config)
+    train_set, val_set = split_validation(train_full, config)
+    model, model_kwargs, bottom_up = _build(config, train_set)
     input_size = _input_size(config, bottom_up)
     model, net = run.prepare(model, channels_last=config.channels_last)
     optimizer = make_optimizer(config, model)
@@ -96,7 +102,7 @@ def _train(run: Run, config: TrainConfig, log) -> PoseResult:
         log(f"{config.model}: {sum(p.numel() for p in model.parameters()):,} parameters, "
             f"{'bottom-up' if bottom_up else 'top-down'}, input {input_size[0]}×{input_size[1]}"
             f" | {config.dataset}: {len(train_set)} train, {len(val_set) if val_set else 0} val, "
-            f"{len(test_set)} test, {num_joints} joints | {config.epochs} epochs × "
+            f"{len(test_set)} test, {len(train_set.keypoint_names)} joints | {config.epochs} epochs × "
             f"{steps_per_epoch} steps | {run.device.type}, {run.precision} | run {run.dir}")
 
     lr = config.lr
