@@ -9,7 +9,7 @@ from PIL import Image
 
 from cnnkit.data import get_dataset_info, load_dataset
 from cnnkit.data.det_augment import DetectionAugment
-from cnnkit.data.det_loader import DetectionLoader
+from cnnkit.data.det_loader import DetectionLoader, prefetched
 from cnnkit.data.det_annotations import ImageEntry, ObjectEntry, Problems, assemble
 from cnnkit.data.detection import (COCO_PERSON_KEYPOINTS, DetectionDataset, flip_index_from_names,
                                    from_annotations)
@@ -234,6 +234,44 @@ def test_loader_order_and_augmentation_follow_seed_and_epoch(raccoon):
     assert sorted(ids) == sorted(t["image_id"] for t in ds.targets)  # each image once
     assert ids != [t["image_id"] for _, t in epoch(0, 2)]
     assert ids != [t["image_id"] for _, t in epoch(1, 1)]
+
+
+def test_prefetching_gives_the_same_batches(raccoon):
+    ds = raccoon["test"].subset(range(12))
+    augment = DetectionAugment(hflip=True, scale=(0.25, 0.5), colour=0.2)
+    plain, ahead = (DetectionLoader(ds, 4, shuffle=True, seed=5, augment=augment, prefetch=p)
+                    for p in (0, 2))
+    for (images, targets), (images2, targets2) in zip(plain, ahead, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(images, images2, strict=True))
+        assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(targets, targets2))
+
+
+def test_prefetching_raises_the_producers_error_and_stops_when_left():
+    def items():
+        yield 1
+        raise ValueError("decoding failed")
+
+    with pytest.raises(ValueError, match="decoding failed"):
+        list(prefetched(items(), 2))
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    stream = prefetched(endless(), 2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()  # the producer stops: at most the queue's depth and one item ahead
+    count = len(produced)
+    assert count <= 3 + 2 + 1 and len(produced) == count
+
+
+def test_without_drops_a_target_key():
+    ds = _toy(3, masks=True)
+    stripped = ds.without("masks")
+    assert all("masks" not in t and "boxes" in t for t in stripped.targets)
+    assert all("masks" in t for t in ds.targets)  # the original keeps its targets
 
 
 @pytest.mark.parametrize("n, world", [(6, 2), (6, 3), (7, 2)])

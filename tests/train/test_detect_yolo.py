@@ -5,6 +5,7 @@ import csv
 import pytest
 import torch
 
+from cnnkit.train import TrainConfig, train
 from tests.cli._run import cnnkit
 from tests.train.test_detect import TINY, flags
 
@@ -43,3 +44,23 @@ def test_mosaic_on_a_detector_without_a_fixed_size_is_refused(tmp_path):
     proc = cnnkit("train", "--model", "fasterrcnn_resnet18_fpn", *flags(TINY), "--mosaic",
                   "--epochs", "1", "--out-dir", tmp_path)
     assert proc.returncode == 2 and "--mosaic needs a detector with a fixed input size" in proc.stderr
+
+
+def test_backbone_starts_from_a_yolo_classifier_run(tmp_path):
+    """yolov8_cpu_cls trained on digits (1 channel) starts yolov8_cpu's CSPDarknet: every
+    classifier backbone tensor but the stem conv fits; SPPF (not in the classifier) stays new."""
+    classifier = train(TrainConfig(model="yolov8_cpu_cls", dataset="digits", epochs=1,
+                                   train_limit=64, batch_size=32, quiet=True, tensorboard=False,
+                                   out_dir=str(tmp_path), name="cls"), log=lambda *_: None)
+    lines = []
+    detector = train(TrainConfig(model="yolov8_cpu", **dict(YOLO, test_limit=1), epochs=1,
+                                 backbone_weights=str(classifier.run_dir), mosaic=False,
+                                 out_dir=str(tmp_path), name="det"), log=lines.append)
+    taken = [line for line in lines if line.startswith("backbone:")]
+    assert taken, lines
+    assert "YOLO recipe: mosaic and HSV off, EMA decay 0.9999" in lines
+    got, total = map(int, taken[0].split()[1].split("/"))
+    backbone = [k for k in classifier.model.state_dict() if k.startswith("backbone.")]
+    detector_backbone = detector.model.backbone.state_dict()
+    assert got == len(backbone) - 1  # stem: 1 input channel, not 3
+    assert total == len(detector_backbone) > len(backbone)  # + SPPF

@@ -86,6 +86,8 @@ MODELS = {
     'wide_resnet50_2': (68883240, (3, 224, 224), 'logits'),
     'yolov1_small': (8160590, (3, 224, 224), 'other'),
     'yolov8_cpu': (1174568, (3, 320, 320), 'other'),
+    'yolov8_cpu_cls': (1725584, (3, 64, 64), 'other'),
     'yolov8n': (3157200, (3, 640, 640), 'other'),
+    'yolov8n_cls': (2719288, (3, 224, 224), 'other'),
     'yolov8s': (11166560, (3, 640, 640), 'other'),
 }

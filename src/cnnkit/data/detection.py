@@ -115,6 +115,11 @@ class DetectionDataset:
                        targets=[self.targets[i] for i in index],
                        file_names=[self.file_names[i] for i in index])
 
+    def without(self, *keys: str) -> "DetectionDataset":
+        """The same samples with `keys` (e.g. "masks") left out of every target."""
+        return replace(self, targets=[{k: v for k, v in t.items() if k not in keys}
+                                      for t in self.targets])
+
     def image_sizes(self) -> list[tuple[int, int]]:
         """(H, W) of every image."""
         return [(int(im.shape[1]), int(im.shape[2])) for im in self.images]

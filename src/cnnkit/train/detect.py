@@ -19,7 +19,7 @@ from torch import nn
 
 from cnnkit.data import load_dataset
 from cnnkit.data.det_augment import DetectionAugment
-from cnnkit.data.det_loader import DetectionLoader
+from cnnkit.data.det_loader import DetectionLoader, spare_core
 from cnnkit.data.mosaic import Mosaic
 from cnnkit.diffusion.ema import EMA
 from cnnkit.engine.distributed import DistEnv, all_gather_objects, shard
@@ -68,6 +68,8 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
                 log(f"skipped ({split}): {problem}")
     train_set, val_set = split_validation(train_full, config)
     model, model_kwargs = _build(config, train_set)
+    if model.task != "instance-segmentation":  # masks the model never learns cost augmentation time
+        train_set = train_set.without("masks")
     if config.backbone_weights and not run.resuming:
         log(load_backbone(model, config.backbone_weights))
     model, net = run.prepare(model)
@@ -87,9 +89,9 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
             f"{len(test_set)} test, {len(train_set.classes)} classes | {config.epochs} epochs × "
             f"{steps_per_epoch} steps | {run.device.type}, {run.precision} | run {run.dir}")
         if recipe["mosaic"] or ema:
-            log(f"YOLO recipe: mosaic {'on' if recipe['mosaic'] else 'off'} (off for the last "
-                f"{recipe['close_mosaic']} epochs), HSV gains {HSV_GAINS}, EMA decay "
-                f"{recipe['ema_decay']}")
+            mosaic_line = (f"mosaic on (off for the last {recipe['close_mosaic']} epochs), HSV "
+                           f"gains {HSV_GAINS}" if recipe["mosaic"] else "mosaic and HSV off")
+            log(f"YOLO recipe: {mosaic_line}, EMA decay {recipe['ema_decay']}")
 
     lr = config.lr
     for epoch, batches in run.epochs(loader, epochs=config.epochs, accumulate=config.accumulate):
@@ -162,7 +164,7 @@ def _train_loader(config: TrainConfig, train_set, model: nn.Module, recipe: dict
     mosaic = Mosaic(model.img_size) if recipe["mosaic"] else None
     loader = DetectionLoader(train_set, config.batch_size, shuffle=True, drop_last=True,
                              seed=config.seed, augment=augment, mosaic=mosaic, rank=env.rank,
-                             world_size=env.world_size)
+                             world_size=env.world_size, prefetch=2 if spare_core() else 0)
     return loader, mosaic
 
 
@@ -197,21 +199,25 @@ def _spec(config: TrainConfig, model_kwargs: dict, ds) -> dict:
 
 
 def load_backbone(model: nn.Module, path: str) -> str:
-    """Start `model.backbone.body` from a cnnkit classification checkpoint (a run folder or
-    .pt file) of the same architecture, e.g. a ResNet-18 trained on CIFAR-10: every tensor whose
-    name and shape match is copied; the classifier head (fc) is left out. Returns a line saying
-    how many tensors were taken."""
+    """Start the detector's backbone (`model.backbone.body`, or YOLO's `model.backbone`) from a
+    cnnkit classification checkpoint (a run folder or .pt file) of the same architecture, e.g. a
+    ResNet-18 or a yolov8_cpu_cls trained on CIFAR-10: every tensor whose name and shape match is
+    copied; the classifier head is left out. Returns a line saying how many tensors were taken."""
     from cnnkit.engine.checkpoint import checkpoint_path, load_checkpoint  # noqa: PLC0415
     ckpt = load_checkpoint(checkpoint_path(path, "best"), task="classify",
                            command="`cnnkit train --backbone-weights`")
-    state = ckpt["models"][ckpt["spec"]["infer"]]
-    body = model.backbone.body.state_dict()
+    # A YOLOv8 classifier keeps its CSPDarknet under `backbone.`, as the detector does (which
+    # has no torchvision-style `.body`); a ResNet's layers sit at the top of its state_dict.
+    saved = ckpt["models"][ckpt["spec"]["infer"]]
+    state = {k.removeprefix("backbone."): v for k, v in saved.items()}
+    target = getattr(model.backbone, "body", model.backbone)
+    body = target.state_dict()
     taken = {k: v for k, v in state.items() if k in body and body[k].shape == v.shape}
     if not taken:
         raise CnnkitError(f"{path}: no tensor matches the backbone of this detector "
                           f"({ckpt['spec']['models'][ckpt['spec']['infer']]['name']} weights; "
                           f"is it the same architecture?)")
-    model.backbone.body.load_state_dict(taken, strict=False)
+    target.load_state_dict(taken, strict=False)
     return f"backbone: {len(taken)}/{len(body)} tensors from {path}"
 
 

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 # gradients" (s: 11166560 / 11166544), for its 80 COCO classes; the 16 without gradient are
 # the DFL's fixed weights
 PUBLISHED = {"yolov8n": 3_157_200, "yolov8s": 11_166_560}
+# ultralytics' yolov8-cls.yaml at scale n, 1000 ImageNet classes: "2719288 parameters"
+PUBLISHED_CLS = 2_719_288
 
 
 def scene(seed: int, n: int = 4, h: int = 96, w: int = 128):
@@ -42,6 +44,18 @@ def test_published_parameter_count(name):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == PUBLISHED[name] - 16
     assert get_model_cfg(name)["input_size"] == (3, 640, 640) and model.img_size == 640
+
+
+def test_classifier_count_and_its_backbone_fits_the_detector():
+    classifier = create_model("yolov8n_cls")
+    assert count_parameters(classifier) == PUBLISHED_CLS
+    assert classifier(torch.zeros(2, 3, 64, 64)).shape == (2, 1000)
+    detector = create_model("yolov8n").backbone.state_dict()
+    shared = {k.removeprefix("backbone."): v for k, v in classifier.state_dict().items()
+              if k.startswith("backbone.")}
+    assert all(detector[k].shape == v.shape for k, v in shared.items())
+    assert sorted(set(detector) - set(shared)) == sorted(
+        k for k in detector if k.startswith("stage4.2."))  # the detector's SPPF only
 
 
 def test_width_depth_rules():

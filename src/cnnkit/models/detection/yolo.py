@@ -25,7 +25,9 @@ LetterBox — with no mean/std normalisation; boxes come back in the input image
 
 Registered: `yolov8n` / `yolov8s` (3,157,200 / 11,166,560 parameters at 81 = 80 + 1 classes,
 the published counts, which include the DFL's 16 fixed weights: "3157200 parameters, 3157184
-gradients" in ultralytics' yolov8.yaml) and `yolov8_cpu`, a narrower one for CPU training.
+gradients" in ultralytics' yolov8.yaml) and `yolov8_cpu`, a narrower one for CPU training; the
+classifiers `yolov8n_cls` (2,719,288 at 1000 classes, yolov8-cls.yaml) and `yolov8_cpu_cls`,
+whose trained backbones start the detectors of the same width.
 """
 from __future__ import annotations
 
@@ -122,16 +124,24 @@ class DFL(nn.Module):
 
 # --- backbone, neck, head ---
 
-class CSPDarknet(nn.Module):
-    """stem (stride 2) → stage1..stage4 (strides 4..32); returns stages 2–4 (C3, C4, C5)."""
+def scaled_layout(width: float, depth: float, max_channels: int = 1024):
+    """The backbone's five widths and four C2f repeats at a width/depth scale (parse_model)."""
+    ch = [math.ceil(min(c, max_channels) * width / 8) * 8 for c in (64, 128, 256, 512, 1024)]
+    return ch, [max(round(r * depth), 1) for r in (3, 6, 6, 3)]
 
-    def __init__(self, ch: list[int], n: list[int], in_chans: int = 3):
+
+class CSPDarknet(nn.Module):
+    """stem (stride 2) → stage1..stage4 (strides 4..32); returns stages 2–4 (C3, C4, C5).
+    The detector's last stage ends in SPPF; the classifier's (yolov8-cls.yaml) does not."""
+
+    def __init__(self, ch: list[int], n: list[int], in_chans: int = 3, sppf: bool = True):
         super().__init__()
         self.stem = conv(in_chans, ch[0], 3, 2)
         stages = [nn.Sequential(conv(ch[i], ch[i + 1], 3, 2), C2f(ch[i + 1], ch[i + 1], n[i],
                                                                   shortcut=True))
                   for i in range(4)]
-        stages[3].append(SPPF(ch[4], ch[4], 5))
+        if sppf:
+            stages[3].append(SPPF(ch[4], ch[4], 5))
         self.stage1, self.stage2, self.stage3, self.stage4 = stages
 
     def forward(self, x):
@@ -236,8 +246,7 @@ class YOLOv8(nn.Module):
         if img_size <= 0 or img_size % 32:
             raise CnnkitError(f"YOLOv8: img_size must be a positive multiple of 32 (the "
                               f"largest stride), got {img_size}")
-        ch = [math.ceil(min(c, max_channels) * width / 8) * 8 for c in (64, 128, 256, 512, 1024)]
-        n = [max(round(r * depth), 1) for r in (3, 6, 6, 3)]
+        ch, n = scaled_layout(width, depth, max_channels)
         self.num_classes, self.img_size, self.reg_max = num_classes, img_size, reg_max
         self.score_thresh, self.nms_thresh = score_thresh, nms_thresh
         self.detections_per_img, self.max_candidates = detections_per_img, max_candidates
@@ -310,6 +319,25 @@ class YOLOv8(nn.Module):
         return out
 
 
+class YOLOv8Classifier(nn.Module):
+    """YOLOv8-cls (ultralytics yolov8-cls.yaml): the detector's CSPDarknet without SPPF, then
+    `Classify` — a 1×1 conv to 1280 channels, global average pooling, dropout and a linear layer.
+    Trained as a classifier, its backbone starts a detector (`--backbone-weights`): ImageNet
+    pretraining of the backbone is how YOLO usually begins; here it can be any labelled images."""
+
+    def __init__(self, num_classes: int = 1000, *, width: float = 0.25, depth: float = 0.33,
+                 max_channels: int = 1024, in_chans: int = 3, hidden: int = 1280,
+                 drop_rate: float = 0.0):
+        super().__init__()
+        ch, n = scaled_layout(width, depth, max_channels)
+        self.backbone = CSPDarknet(ch, n, in_chans, sppf=False)
+        self.head = nn.Sequential(conv(ch[4], hidden), nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
+                                  nn.Dropout(drop_rate), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.head(self.backbone(x)[-1])
+
+
 # --- registered variants ---
 
 BIG = {"input_size": (3, 640, 640), "test_input_size": (3, 64, 64),
@@ -334,3 +362,15 @@ def yolov8_cpu(num_classes: int = 81, **kwargs) -> YOLOv8:
     """A CPU-sized YOLOv8 (not an ultralytics scale): yolov8n's depth 0.33 at half its width
     (0.125: backbone 8..128 channels) and 320-px inputs; every default overridable."""
     return YOLOv8(num_classes, **{"width": 0.125, "depth": 0.33, "img_size": 320, **kwargs})
+
+
+@register_model(test_input_size=(3, 32, 32))
+def yolov8n_cls(num_classes: int = 1000, **kwargs) -> YOLOv8Classifier:
+    """YOLOv8n-cls: 2,719,288 parameters with 1000 classes (ultralytics' published count)."""
+    return YOLOv8Classifier(num_classes, **{"width": 0.25, "depth": 0.33, **kwargs})
+
+
+@register_model(input_size=(3, 64, 64), test_input_size=(3, 32, 32))
+def yolov8_cpu_cls(num_classes: int = 1000, **kwargs) -> YOLOv8Classifier:
+    """yolov8_cpu's backbone (width 0.125) as a classifier, to pretrain that detector's backbone."""
+    return YOLOv8Classifier(num_classes, **{"width": 0.125, "depth": 0.33, **kwargs})
