@@ -37,6 +37,20 @@ def scene(seed: int, n: int = 4, h: int = 96, w: int = 128):
     return images, targets
 
 
+def loss_history(model, *, steps: int, lr: float) -> list[float]:
+    """The summed training loss of `steps` AdamW steps on scene(0), one value per step."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    images, targets = scene(0)
+    history = []
+    for _ in range(steps):
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(float(loss.detach()))
+    return history
+
+
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_parameter_count(name):
     model = create_model(name, num_classes=81)  # 80 classes + cnnkit's background
@@ -165,15 +179,8 @@ def test_training_smoke_loss_falls_and_boxes_are_found():
     """50 AdamW steps on four 96 × 128 images (letterboxed to 128) with one box each."""
     torch.manual_seed(0)
     model = create_model("yolov8_cpu", num_classes=3, img_size=128).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
-    images, targets = scene(0)
-    history = []
-    for _ in range(50):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(float(loss.detach()))
+    history = loss_history(model, steps=50, lr=2e-3)
+    images, targets = scene(0)  # the same scene the steps trained on
     first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
     assert last < 0.3 * first, f"loss {first:.2f} → {last:.2f}"
     # BatchNorm's running statistics (momentum 0.03) lag 50 steps behind: re-estimate them on

@@ -8,7 +8,7 @@ import torch
 from cnnkit.models import create_model
 from cnnkit.models.detection.yolov1 import build_targets, decode_boxes, yolov1_loss
 from cnnkit.utils import CnnkitError
-from tests.models.detection.test_yolo import scene
+from tests.models.detection.test_yolo import loss_history, scene
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -86,13 +86,5 @@ def test_train_step_and_eval_format():
 def test_training_smoke_loss_falls():
     torch.manual_seed(0)
     model = create_model("yolov1_small", num_classes=3, img_size=64, dropout=0.0).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    images, targets = scene(0)
-    history = []
-    for _ in range(40):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(float(loss.detach()))
+    history = loss_history(model, steps=40, lr=1e-3)
     assert sum(history[-5:]) / 5 < 0.3 * sum(history[:5]) / 5
