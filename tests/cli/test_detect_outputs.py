@@ -88,6 +88,13 @@ def test_predict_writes_coco_json_and_yolo_txt(run_dir, photos, tmp_path):
         assert torch.allclose(target["boxes"].float(), pred["boxes"], atol=1e-3 * 112)
 
 
+def test_predict_shows_yolo_scores_from_its_own_threshold(run_dir, photos, tmp_path):
+    # YOLO's class scores aim at the IoU, so its default is ultralytics' 0.25, not R-CNN's 0.5.
+    proc = cnnkit("predict", run_dir, photos[0], "--out-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "(score ≥ 0.25)" in proc.stdout
+
+
 def test_export_onnx_of_a_yolo_checkpoint(run_dir, tmp_path):
     out = tmp_path / "yolo.onnx"
     proc = cnnkit("export", run_dir, "--check-images", 4, "-o", out)

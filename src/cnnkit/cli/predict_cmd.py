@@ -32,9 +32,9 @@ def add_arguments(parser) -> None:
                         help="detection: CHECKPOINT is a plain state_dict of this registered "
                              "detector, e.g. torchvision's COCO weights for "
                              "fasterrcnn_resnet50_fpn (labels: the COCO category names)")
-    parser.add_argument("--score-threshold", type=float, default=0.5,
+    parser.add_argument("--score-threshold", type=float, default=None,
                         help="detection: report and draw objects scoring at least this "
-                             "(default: 0.5)")
+                             "(default: the model's, 0.25 for YOLO, else 0.5)")
     parser.add_argument("--save-json", type=Path, default=None, metavar="FILE",
                         help="detection: also write the objects as COCO results JSON "
                              "(image_id = the image's position among the given files, from 1)")
@@ -120,6 +120,8 @@ def _detection(args, loaded, paths: list[Path]) -> int:
     from cnnkit.inference.detect import detect_files  # noqa: PLC0415
     if not paths:
         return 2
+    if args.score_threshold is None:
+        args.score_threshold = getattr(loaded.model, "shown_score", 0.5)
     results = detect_files(loaded, paths, args.out_dir, score_threshold=args.score_threshold,
                            save_json=args.save_json, save_txt=args.save_txt)
     for path, (figure, found) in zip(paths, results):

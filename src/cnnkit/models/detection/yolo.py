@@ -233,6 +233,9 @@ class YOLOv8(nn.Module):
     # The detection task trains it with YOLO's recipe: mosaic (closed for the last epochs), HSV
     # jitter and an EMA of the weights (train/detect.py).
     yolo_recipe = True
+    # Class scores are trained towards the IoU (task-aligned targets), so good boxes score lower
+    # than a softmax detector's: figures and `cnnkit predict` show ≥ 0.25, ultralytics' `conf`.
+    shown_score = 0.25
 
     def __init__(self, num_classes: int = 81, *, width: float = 0.25, depth: float = 0.33,
                  max_channels: int = 1024, in_chans: int = 3, img_size: int = 640,
