@@ -64,3 +64,46 @@ def test_backbone_starts_from_a_yolo_classifier_run(tmp_path):
     detector_backbone = detector.model.backbone.state_dict()
     assert got == len(backbone) - 1  # stem: 1 input channel, not 3
     assert total == len(detector_backbone) > len(backbone)  # + SPPF
+
+
+def test_resumed_yolo_run_matches_the_uninterrupted_one(tmp_path):
+    """--max-epochs 1 then --resume through mosaic, its closing epoch and the EMA: the weights
+    and their average bit for bit (the mosaic's draws and the EMA's count are checkpointed)."""
+    config = dict(YOLO, model="yolov8_cpu", epochs=2, close_mosaic=1, out_dir=str(tmp_path))
+    whole = train(TrainConfig(**config, name="whole"), log=lambda *_: None)
+    train(TrainConfig(**config, name="part", max_epochs=1), log=lambda *_: None)
+    resumed = train(TrainConfig(resume=str(tmp_path / "part"), quiet=True), log=lambda *_: None)
+    assert len(resumed.history) == 2
+    for name in ("whole", "part"):
+        assert (tmp_path / name / "last.pt").is_file()
+    got, expected = (torch.load(tmp_path / name / "last.pt", weights_only=True)
+                     for name in ("part", "whole"))
+    for key in ("models", "ema"):
+        flat_got, flat_expected = _flatten(got[key]), _flatten(expected[key])
+        assert flat_got.keys() == flat_expected.keys()
+        assert all(torch.equal(torch.as_tensor(flat_got[k]), torch.as_tensor(flat_expected[k]))
+                   for k in flat_expected), key
+
+
+def test_yolo_trains_on_two_ranks(tmp_path):
+    """`cnnkit train --nproc 2`: mosaic batches sharded over 2 torchrun ranks, the EMA kept by
+    each, one run folder and one test line (rank 0's)."""
+    proc = cnnkit("train", "--nproc", 2, "--model", "yolov8_cpu",
+                  *flags(dict(YOLO, threads=1)), "--epochs", 1, "--out-dir", tmp_path,
+                  "--name", "ddp", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("test box AP:") == 1
+    ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    # 8 canvases, 2 ranks × batch 4 = one step per epoch: the EMA saw that one update.
+    assert ckpt["ema"]["model"]["num_updates"] == 1
+    assert list(tmp_path.iterdir()) == [tmp_path / "ddp"]
+
+
+def _flatten(tree, prefix="") -> dict:
+    """Nested checkpoint dicts as {"a.b.c": leaf}."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
