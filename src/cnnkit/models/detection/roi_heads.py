@@ -132,6 +132,7 @@ class RoIHeads(nn.Module):
         self.mask_roi_pool = mask_roi_pool
         self.mask_head = mask_head
         self.mask_predictor = mask_predictor
+        self.exact_masks = False  # MaskRCNN(exact_masks=...): pixel-centred mask targets
         self.keypoint_roi_pool = keypoint_roi_pool
         self.keypoint_head = keypoint_head
         self.keypoint_predictor = keypoint_predictor
@@ -258,7 +259,7 @@ class RoIHeads(nn.Module):
             if self.training:
                 losses["loss_mask"] = maskrcnn_loss(
                     mask_logits, branch_boxes, [t["masks"] for t in targets],
-                    [t["labels"] for t in targets], pos_matched_idxs)
+                    [t["labels"] for t in targets], pos_matched_idxs, self.exact_masks)
             else:
                 masks = maskrcnn_inference(mask_logits, [r["labels"] for r in result])
                 for mask_prob, r in zip(masks, result):

@@ -98,6 +98,7 @@ class GeneralizedRCNNTransform(nn.Module):
         self.size_divisible = size_divisible
         self.fixed_size = fixed_size
         self._skip_resize = kwargs.pop("_skip_resize", False)
+        self.exact_masks = False  # MaskRCNN(exact_masks=...): paste masks at pixel centres
         if kwargs:
             raise CnnkitError(f"GeneralizedRCNNTransform: unknown arguments {sorted(kwargs)}")
 
@@ -165,7 +166,8 @@ class GeneralizedRCNNTransform(nn.Module):
         for pred, im_s, o_im_s in zip(result, image_shapes, original_image_sizes):
             pred["boxes"] = resize_boxes(pred["boxes"], im_s, o_im_s)
             if "masks" in pred:
-                pred["masks"] = paste_masks_in_image(pred["masks"], pred["boxes"], o_im_s)
+                pred["masks"] = paste_masks_in_image(pred["masks"], pred["boxes"], o_im_s,
+                                                     exact=self.exact_masks)
             if "keypoints" in pred:
                 pred["keypoints"] = resize_keypoints(pred["keypoints"], im_s, o_im_s)
         return result
