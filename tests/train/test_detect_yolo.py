@@ -70,12 +70,10 @@ def test_resumed_yolo_run_matches_the_uninterrupted_one(tmp_path):
     """--max-epochs 1 then --resume through mosaic, its closing epoch and the EMA: the weights
     and their average bit for bit (the mosaic's draws and the EMA's count are checkpointed)."""
     config = dict(YOLO, model="yolov8_cpu", epochs=2, close_mosaic=1, out_dir=str(tmp_path))
-    whole = train(TrainConfig(**config, name="whole"), log=lambda *_: None)
+    train(TrainConfig(**config, name="whole"), log=lambda *_: None)
     train(TrainConfig(**config, name="part", max_epochs=1), log=lambda *_: None)
     resumed = train(TrainConfig(resume=str(tmp_path / "part"), quiet=True), log=lambda *_: None)
     assert len(resumed.history) == 2
-    for name in ("whole", "part"):
-        assert (tmp_path / name / "last.pt").is_file()
     got, expected = (torch.load(tmp_path / name / "last.pt", weights_only=True)
                      for name in ("part", "whole"))
     for key in ("models", "ema"):
