@@ -118,10 +118,11 @@ def _segmentation(args, loaded, paths: list[Path]) -> int:
 def _detection(args, loaded, paths: list[Path]) -> int:
     """Each image's objects (class, score, box in its pixels) and a drawing of them."""
     from cnnkit.inference.detect import detect_files  # noqa: PLC0415
+    from cnnkit.viz.detection import shown_score  # noqa: PLC0415
     if not paths:
         return 2
     if args.score_threshold is None:
-        args.score_threshold = getattr(loaded.model, "shown_score", 0.5)
+        args.score_threshold = shown_score(loaded.model)
     results = detect_files(loaded, paths, args.out_dir, score_threshold=args.score_threshold,
                            save_json=args.save_json, save_txt=args.save_txt)
     for path, (figure, found) in zip(paths, results):

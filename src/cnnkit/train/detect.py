@@ -127,8 +127,7 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
     test, predictions = evaluate_detection(judged, test_set, precision=run.precision, env=env,
                                            iou_types=iou_types, keep_predictions=True)
     if env.is_main:
-        _write_outputs(run.dir, test_set, predictions, test, iou_types,
-                       score_threshold=getattr(model, "shown_score", 0.5))
+        _write_outputs(run.dir, test_set, predictions, test, iou_types, model)
     log(f"test ({len(test_set)} images): " + "  ".join(
         f"{t} AP {test.stats[t]['AP']:.4f} AP50 {test.stats[t]['AP50']:.4f}" for t in iou_types))
     log(test.table())
@@ -242,9 +241,10 @@ def evaluate_detection(model: nn.Module, ds, *, precision: str = "fp32", env: Di
 # --- outputs ---
 
 def _write_outputs(run_dir: Path, ds, predictions: list[dict], scores: CocoScores,
-                   iou_types: tuple[str, ...], score_threshold: float) -> None:
+                   iou_types: tuple[str, ...], model: nn.Module) -> None:
     """detections.json (COCO results), predictions.png and pr_curve.png in the run folder."""
-    from cnnkit.viz.detection import plot_detections, plot_pr_curves  # noqa: PLC0415
+    from cnnkit.viz.detection import (plot_detections, plot_pr_curves,  # noqa: PLC0415
+                                      shown_score)
     image_ids = [int(t["image_id"]) for t in ds.targets]
     write_coco_json(run_dir / "detections.json",
                     predictions_to_coco(predictions, image_ids, list(ds.category_ids),
@@ -253,5 +253,5 @@ def _write_outputs(run_dir: Path, ds, predictions: list[dict], scores: CocoScore
     plot_detections([ds.images[i] for i in shown], [predictions[i] for i in shown],
                     [ds.targets[i] for i in shown], list(ds.classes),
                     run_dir / "predictions.png", skeleton=getattr(ds, "skeleton", None),
-                    score_threshold=score_threshold)
+                    score_threshold=shown_score(model))
     plot_pr_curves(scores, run_dir / "pr_curve.png", iou_type="bbox")

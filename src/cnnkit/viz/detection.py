@@ -22,6 +22,13 @@ from cnnkit.viz.plots import plt, save_figure
 MASK_ALPHA = 0.45  # share of the instance colour over the image inside its mask
 PANEL_INCHES = 3.0  # each image's square cell in plot_detections
 TRUTH_COLOUR = "white"  # ground-truth boxes: thin, dashed, outlined in black to show on any image
+SHOWN_SCORE = 0.5  # detections drawn and printed from this score, unless the model says
+
+
+def shown_score(model) -> float:
+    """The score from which figures and `cnnkit predict` show a model's detections: its
+    `shown_score` (YOLOv8: 0.25) or SHOWN_SCORE."""
+    return getattr(model, "shown_score", SHOWN_SCORE)
 
 
 def _np(x, dtype=None) -> np.ndarray:
