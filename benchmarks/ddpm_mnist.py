@@ -7,9 +7,12 @@
     sampling time. Targets: accuracy ≥ 95%, FID ≤ 3× the floor.
 (b) DDIM 50 steps against DDPM's ancestral sampler with all T = 1000 steps, on --compare-n
     samples each at the first guidance value: the same judges (floor at that n) and the time.
+(c) DPM-Solver++(2M) at each of --dpm-steps against DDIM 50 (issue 17), --n samples each at the
+    first guidance value. Target: 15 steps within 10% of DDIM 50's FID.
 
     python benchmarks/ddpm_mnist.py --run runs/ddpm-mnist --classifier runs/lenet-mnist \\
-        --data-dir ../shared/datasets --n 10000 --guidance 1,2,3 --compare-n 500
+        --data-dir ../shared/datasets --n 10000 --guidance 1,2,3 --compare-n 500 \\
+        --dpm-steps 10,15,20,50
 """
 from __future__ import annotations
 
@@ -20,9 +23,9 @@ from pathlib import Path
 import torch
 
 from cnnkit.data import load_dataset
-from cnnkit.diffusion.generate import generate, load_diffusion
-from cnnkit.gan.dcgan import to_uint8
-from cnnkit.train.generative_eval import conditional_accuracy, fid, load_classifier, random_subset
+from cnnkit.generation import to_uint8
+from cnnkit.generation.fid import conditional_accuracy, fid, load_classifier, random_subset
+from cnnkit.generation.sample import generate, load_sampler
 
 
 def judge(classifier, samples, labels, train, test, n: int, seed: int) -> dict:
@@ -33,7 +36,7 @@ def judge(classifier, samples, labels, train, test, n: int, seed: int) -> dict:
 
 
 def sample_and_judge(diffusion, classifier, train, test, n: int, args, **sampler) -> dict:
-    labels = torch.arange(n) % diffusion.process.num_classes  # every class in turn
+    labels = torch.arange(n) % diffusion.num_classes  # every class in turn
     start = time.perf_counter()
     images = generate(diffusion, n, labels=labels, seed=args.seed, batch_size=args.batch_size,
                       precision=args.precision, **sampler)
@@ -51,12 +54,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--guidance", default="1,2,3")
     parser.add_argument("--compare-n", type=int, default=500, help="0: skip part (b)")
+    parser.add_argument("--dpm-steps", default="10,15,20,50", help="part (c); '': skip it")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "auto"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    diffusion = load_diffusion(args.run)
+    diffusion = load_sampler(args.run)
     classifier = load_classifier(args.classifier)
     data_dir = Path(args.data_dir or classifier.data_dir).expanduser()
     train, test = (load_dataset("mnist", split, data_dir=data_dir, quiet=True).images
@@ -68,24 +72,51 @@ def main() -> None:
     print("| guidance | n | FID | floor | × floor | conditional accuracy | sampling s | ms/image |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for w in guidances:
-        r = sample_and_judge(diffusion, classifier, train, test, args.n, args, sampler="ddim",
+        r = sample_and_judge(diffusion, classifier, train, test, args.n, args, method="ddim",
                              steps=50, guidance=w)
         print(f"| {w:g} | {args.n} | {r['fid']:.2f} | {r['floor']:.2f} | "
               f"{r['fid'] / r['floor']:.2f} | {r['accuracy']:.2%} | {r['seconds']:.0f} | "
               f"{r['ms_per_image']:.1f} |", flush=True)
-    if args.compare_n < 2:
-        return
-    print(f"\n(b) DDIM 50 vs DDPM {diffusion.process.num_timesteps} steps, guidance "
-          f"{guidances[0]:g}, n = {args.compare_n}")
+    if args.compare_n >= 2:
+        compare_ddpm(diffusion, classifier, train, test, guidances[0], args)
+    if args.dpm_steps:
+        compare_dpm_solver(diffusion, classifier, train, test, guidances[0], args)
+
+
+def compare_ddpm(diffusion, classifier, train, test, guidance: float, args) -> None:
+    print(f"\n(b) DDIM 50 vs DDPM {diffusion.num_timesteps} steps, guidance {guidance:g}, "
+          f"n = {args.compare_n}")
     print("| sampler | FID | floor | × floor | conditional accuracy | sampling s | ms/image |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, sampler in (("DDIM 50, η = 0", dict(sampler="ddim", steps=50)),
-                          (f"DDPM {diffusion.process.num_timesteps}", dict(sampler="ddpm"))):
+    for name, sampler in (("DDIM 50, η = 0", dict(method="ddim", steps=50)),
+                          (f"DDPM {diffusion.num_timesteps}", dict(method="ddpm"))):
         r = sample_and_judge(diffusion, classifier, train, test, args.compare_n, args,
-                             guidance=guidances[0], **sampler)
-        print(f"| {name} | {r['fid']:.2f} | {r['floor']:.2f} | {r['fid'] / r['floor']:.2f} | "
-              f"{r['accuracy']:.2%} | {r['seconds']:.0f} | {r['ms_per_image']:.1f} |",
-              flush=True)
+                             guidance=guidance, **sampler)
+        _row(name, r)
+
+
+def compare_dpm_solver(diffusion, classifier, train, test, guidance: float, args) -> None:
+    """DDIM 50 first, then DPM-Solver++ at each step count: FID relative to DDIM 50's, and the
+    speed-up in sampling time."""
+    print(f"\n(c) DPM-Solver++(2M) vs DDIM 50, guidance {guidance:g}, n = {args.n}")
+    print("| sampler | FID | floor | × floor | conditional accuracy | sampling s | ms/image | "
+          "FID / DDIM 50's | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = sample_and_judge(diffusion, classifier, train, test, args.n, args, method="ddim",
+                            steps=50, guidance=guidance)
+    _row("DDIM 50, η = 0", base, base)
+    for steps in (int(k) for k in args.dpm_steps.split(",")):
+        r = sample_and_judge(diffusion, classifier, train, test, args.n, args, method="dpm++",
+                             steps=steps, guidance=guidance)
+        _row(f"DPM-Solver++ {steps}", r, base)
+
+
+def _row(name: str, r: dict, base: dict | None = None) -> None:
+    extra = (f" {r['fid'] / base['fid']:.3f} | {base['seconds'] / r['seconds']:.2f}× |"
+             if base else "")
+    print(f"| {name} | {r['fid']:.2f} | {r['floor']:.2f} | {r['fid'] / r['floor']:.2f} | "
+          f"{r['accuracy']:.2%} | {r['seconds']:.0f} | {r['ms_per_image']:.1f} |{extra}",
+          flush=True)
 
 
 if __name__ == "__main__":

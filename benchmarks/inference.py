@@ -1,93 +1,163 @@
-"""CPU inference modes against eager fp32, in one run (issue 4, "Fast inference on CPU").
+"""CPU inference of cnnkit against onnxruntime on the same weights, in one run (issue 17).
 
-(a) ResNet-50, batch 16, 3×224×224, random weights: images/s of eager fp32 (NCHW), channels-last,
-    bf16 autocast + channels-last, and torch.compile (inductor, weights frozen) of the fastest
-    eager mode. All modes are timed in alternating rounds so that a change in machine load hits
-    them alike; the median pass counts; compile time is reported apart. Top-1 agreement with fp32
-    is measured on real CIFAR-10 test photos resized to 224×224 (a weak signal for random
-    weights, whose logits are nearly flat). Target: the fast mode ≥ 3.5× eager fp32.
-(b) The digits LeNet (`make run`'s recipe, trained here): the mode `choose_mode` picks for
-    `cnnkit eval` / `predict`, with every eager mode's speed and agreement on the 360 test images.
+Rows: ResNet-50 and MobileNetV3-Large at batch 1 and 16 (3×224×224), the YOLO detector at the
+raccoon recipe's size (yolov8_cpu, 256×256, batch 1, the raw forward before NMS, which is outside
+the ONNX graph and costs both sides the same) and the ISBI U-Net (unet_small, one grey 512×512
+slice, the test image's size). Random weights: speed does not depend on them.
 
-usage: python benchmarks/inference.py [--rounds 3] [--iters 3] [--images 32]
+cnnkit's modes are eager fp32 (NCHW), channels-last, bf16 autocast and torch.compile (inductor,
+weights frozen) of the fastest eager mode; onnxruntime runs the file `torch.onnx` writes with
+every graph optimisation and intra-op threads = the physical cores (torch gets the same number).
+Every mode of a row is timed in alternating rounds — each round runs every mode once — so a
+change in machine load hits all alike; the median pass counts. Target: cnnkit's fastest mode ≥
+onnxruntime on every row.
+
+Also the machine's matmul peak (torch.mm of 2048² matrices, fp32 and bf16, the better of
+alternating passes), and the fraction of it ResNet-50 reaches (2 × its multiply-accumulates per
+image × images/s).
+
+usage: python benchmarks/inference.py [--rounds 20] [--rows resnet50:1,resnet50:16,...]
+       [--no-compile] [--threads N]
 """
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import statistics
 import tempfile
-import time
+from pathlib import Path
 
 import torch
+from _timing import cpu_name, pass_times
+from torch import nn
 
-from cnnkit.data import load_dataset
+from cnnkit.engine.device import physical_cores
+from cnnkit.inference.export import export_onnx
+from cnnkit.inference.modes import EAGER_MODES, DenseDetections, prepare
 from cnnkit.models import create_model
-from cnnkit.train import TrainConfig, train
-from cnnkit.train.checkpoint import load_checkpoint, model_from_checkpoint
-from cnnkit.train.inference import (EAGER_MODES, MODES, agreement, choose_mode, compare_modes,
-                                    format_table, photo_images)
+from cnnkit.models._summary import count_macs
+from cnnkit.utils import CnnkitError
+
+# name: (registry name, keywords, (C, H, W)); the detector wrapped to one dense output, with
+# raccoon's one class (+ background)
+MODELS = {
+    "resnet50": ("resnet50", {}, (3, 224, 224)),
+    "mobilenet_v3_large": ("mobilenet_v3_large", {}, (3, 224, 224)),
+    "yolov8_cpu": ("yolov8_cpu", {"img_size": 256, "num_classes": 2}, (3, 256, 256)),
+    "unet_small": ("unet_small", {"in_chans": 1, "num_classes": 2}, (1, 512, 512)),
+}
+DEFAULT_ROWS = ("resnet50:1,resnet50:16,mobilenet_v3_large:1,mobilenet_v3_large:16,"
+                "yolov8_cpu:1,unet_small:1")
 
 
-def resnet50_modes(args) -> None:
+def build(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
+    registry_name, kwargs, shape = MODELS[name]
     torch.manual_seed(0)
-    model = create_model("resnet50").eval()
-    photos = photo_images(max(args.images, 16), 3, 224, 224)
-    batch = photos[0][:16].contiguous() if photos else torch.randn(16, 3, 224, 224)
-    print(f"\n(a) resnet50, random weights, batch 16 × 3×224×224, {args.rounds} alternating "
-          f"rounds × {args.iters} passes per mode, median")
-    results = compare_modes(model, batch, MODES, rounds=args.rounds, iters=args.iters)
-    agreements = {}
-    if photos is not None and args.images > 0:
-        images = photos[0][:args.images]
-        for r in results:
-            if r.runner is not None:
-                agreements[r.mode] = agreement(model, r.runner, images, batch_size=16)
-        print(f"top-1 agreement with fp32 on {len(images)} CIFAR-10 test photos resized to "
-              f"224×224 (random weights: a weak signal)")
-    print(format_table(results, agreements))
-    fp32 = results[0].images_per_s
-    fast = max((r for r in results[1:] if r.images_per_s), key=lambda r: r.images_per_s)
-    print(f"fast mode: {fast.mode}, {fast.images_per_s / fp32:.2f}× eager fp32 "
-          f"(target ≥ 3.5×)")
+    model = create_model(registry_name, **kwargs).eval()
+    if getattr(model, "detector", False):
+        model = DenseDetections(model).eval()
+    return model, shape
 
 
-def digits_choice() -> None:
-    threads = torch.get_num_threads()
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        # One thread for training: on a busy machine two spinning OpenMP threads crawl, and the
-        # training time is not what this benchmark measures.
-        result = train(TrainConfig(dataset="digits", quiet=True, out_dir=tmp, name="lenet",
-                                   threads=1), log=lambda *_: None)
-        ckpt = load_checkpoint(result.run_dir / "best.pt")
-    torch.set_num_threads(threads)  # the trainer set it for the whole process
-    model = model_from_checkpoint(ckpt)
-    test = load_dataset("digits", "test")
-    images = (test.images.float() / 255 - ckpt["mean"][0]) / ckpt["std"][0]  # (360, 1, 28, 28)
-    print(f"\n(b) digits LeNet (trained here in {time.perf_counter() - start:.0f} s, test "
-          f"accuracy {result.test.top1:.4f}), its 360 test images, batch 64")
-    start = time.perf_counter()
-    mode, agree = choose_mode(model, images)
-    print(f"choose_mode picks: {mode} (top-1 agreement with fp32 {agree:.4f}; decided in "
-          f"{time.perf_counter() - start:.2f} s)")
-    results = compare_modes(model, images[:64], EAGER_MODES, rounds=3, iters=5)
-    print(format_table(results, {r.mode: agreement(model, r.runner, images) for r in results}))
+def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, folder: str):
+    import onnxruntime as ort
+    path = Path(folder) / "model.onnx"
+    export_onnx(model, x[:1].repeat(2, 1, 1, 1), path, output_name="output")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare_row(name: str, batch: int, threads: int, rounds: int, use_compile: bool) -> dict:
+    """Median ms per pass of every mode of one row, and what the run noticed on the way."""
+    model, shape = build(name)
+    x = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0))
+    steps = {m: (lambda r=prepare(model, m): r(x)) for m in EAGER_MODES}
+    eager_ms = {m: statistics.median(pass_times(s, 3)) for m, s in steps.items()}  # warms up too
+    notes = []
+    if use_compile:
+        base = min(eager_ms, key=eager_ms.get)
+        try:
+            compiled = prepare(model, "compile", example=x, compile_base=base)
+            steps[compiled.mode] = lambda: compiled(x)
+            notes.append(f"{compiled.mode} compiled in {compiled.compile_seconds:.0f} s")
+        except CnnkitError as exc:
+            notes.append(f"compile({base}) skipped: {exc}")
+    with tempfile.TemporaryDirectory() as folder:
+        session = onnx_session(model, x, threads, folder)
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        with torch.no_grad():
+            reference = model(x).float().numpy()
+        difference = abs(session.run(None, feed)[0] - reference).max()
+        notes.append(f"onnxruntime max |Δ| vs fp32 {difference:.1e}")
+        steps["onnxruntime"] = lambda: session.run(None, feed)
+        for step in steps.values():
+            pass_times(step, 2)
+        times = {m: [] for m in steps}
+        for _ in range(rounds):
+            for mode, step in steps.items():
+                times[mode] += pass_times(step, 1)
+    ms = {m: 1000 * statistics.median(t) for m, t in times.items()}
+    macs = count_macs(model, shape)
+    return {"ms": ms, "notes": notes, "macs": macs}
+
+
+def matmul_peak(threads: int, size: int = 2048, passes: int = 10) -> dict[str, float]:
+    """GFLOP/s of torch.mm on size² matrices in fp32 and bf16, the best pass of each."""
+    a32, b32 = torch.randn(size, size), torch.randn(size, size)
+    operands = {"fp32": (a32, b32), "bf16": (a32.bfloat16(), b32.bfloat16())}
+    best = {k: float("inf") for k in operands}
+    for _ in range(passes):  # alternating, as everywhere here
+        for kind, (a, b) in operands.items():
+            best[kind] = min(best[kind], pass_times(lambda: torch.mm(a, b), 1)[0])
+    return {kind: 2 * size**3 / seconds / 1e9 for kind, seconds in best.items()}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=3, help="timed passes per mode per round")
-    parser.add_argument("--images", type=int, default=32, help="photos for the agreement check")
-    parser.add_argument("--skip-resnet", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help="model:batch,... (models: "
+                        f"{', '.join(MODELS)})")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads for both sides (default: the physical cores)")
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    if not args.skip_resnet:
-        resnet50_modes(args)
-    digits_choice()
+    threads = args.threads or physical_cores()
+    torch.set_num_threads(threads)
+    import onnxruntime
+    print(f"{cpu_name()} | {threads} threads for torch and onnxruntime (intra-op) | torch "
+          f"{torch.__version__}, onnxruntime {onnxruntime.__version__} | median of "
+          f"{args.rounds} alternating passes per mode")
+    peak = matmul_peak(threads)
+    print(f"matmul peak (2048², best pass): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 "
+          f"{peak['bf16']:.0f} GFLOP/s")
+    print("\n| model | batch | fastest cnnkit mode | cnnkit img/s | onnxruntime img/s | "
+          "× onnxruntime | fp32 eager img/s |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    notes, verdicts = [], []
+    for row in args.rows.split(","):
+        name, batch = row.split(":")
+        result = compare_row(name, int(batch), threads, args.rounds, not args.no_compile)
+        ms = result["ms"]
+        best = min((m for m in ms if m != "onnxruntime"), key=ms.get)
+        ips = {m: 1000 * int(batch) / v for m, v in ms.items()}
+        ratio = ips[best] / ips["onnxruntime"]
+        verdicts.append(ratio >= 1)
+        print(f"| {name} | {batch} | {best} | {ips[best]:.1f} | {ips['onnxruntime']:.1f} | "
+              f"{ratio:.2f} | {ips['fp32']:.1f} |", flush=True)
+        notes.append(f"{name}:{batch}: " + "; ".join(
+            [*result["notes"], *(f"{m} {v:.1f} ms" for m, v in ms.items())]))
+        if name == "resnet50" and int(batch) > 1:
+            flops = 2 * result["macs"] * ips[best] / 1e9
+            kind = "bf16" if "bf16" in best else "fp32"
+            notes.append(f"resnet50:{batch} in {best}: {flops:.0f} GFLOP/s = "
+                         f"{flops / peak[kind]:.0%} of the {kind} matmul peak "
+                         f"({2 * result['macs'] / 1e9:.2f} GFLOP per image)")
+    print(f"\ntarget (cnnkit ≥ onnxruntime on every row): "
+          f"{'met' if all(verdicts) else 'not met'} ({sum(verdicts)}/{len(verdicts)} rows)")
+    for note in notes:
+        print(note)
 
 
 if __name__ == "__main__":

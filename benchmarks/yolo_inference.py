@@ -15,40 +15,18 @@ usage: python benchmarks/yolo_inference.py [--model yolov8n] [--size 320] [--rou
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from _timing import cpu_name, pass_times
 
+from cnnkit.engine.device import physical_cores
 from cnnkit.inference.export import RawDetections, export_onnx
 from cnnkit.inference.modes import EAGER_MODES, DenseDetections, prepare
 from cnnkit.models import create_model
 from cnnkit.utils import CnnkitError
-
-
-def physical_cores() -> int:
-    """Cores, not hyper-threads: lscpu's unique (core, socket) pairs; os.cpu_count() else."""
-    try:
-        rows = subprocess.run(["lscpu", "-p=CORE,SOCKET"], capture_output=True, text=True,
-                              check=True).stdout.splitlines()
-        return len({r for r in rows if r and not r.startswith("#")}) or os.cpu_count()
-    except (OSError, subprocess.CalledProcessError):
-        return os.cpu_count() or 1
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, folder: str):
@@ -89,7 +67,7 @@ def main() -> None:
     steps = {m: (lambda r=r: r(x)) for m, r in runners.items()}
     for step in steps.values():  # warm up, and find the fastest eager mode for compile
         step()
-    eager_ms = {m: statistics.median(_times(s, 3)) for m, s in steps.items()}
+    eager_ms = {m: statistics.median(pass_times(s, 3)) for m, s in steps.items()}
     notes = []
     if not args.no_compile:
         base = min(eager_ms, key=eager_ms.get)
@@ -115,7 +93,7 @@ def main() -> None:
         times = {m: [] for m in steps}
         for _ in range(args.rounds):  # alternating: each round times every mode once
             for mode, step in steps.items():
-                times[mode] += _times(step, 1)
+                times[mode] += pass_times(step, 1)
     ms = {m: 1000 * statistics.median(t) for m, t in times.items()}
     ort_ips = 1000 / ms["onnxruntime"]
     print(f"\n{'mode':<24} {'ms/image':>9} {'images/s':>9} {'× onnxruntime':>14}")
@@ -127,15 +105,6 @@ def main() -> None:
           f"(target ≥ 1: {verdict}); median of {args.rounds} alternating passes per mode")
     for note in notes:
         print(note)
-
-
-def _times(step, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        step()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 if __name__ == "__main__":

@@ -42,6 +42,14 @@ def test_sample_writes_a_non_blank_png(run_dir, tmp_path):
     assert pixels.std() > 0  # not blank
 
 
+def test_sample_with_dpm_solver(run_dir, tmp_path):
+    proc = cnnkit("diffusion", "sample", run_dir, "--n", "4", "--sampler", "dpm++", "--steps",
+                  "4", "-o", tmp_path / "grid.png", "--save", tmp_path / "samples.pt")
+    assert proc.returncode == 0, proc.stderr
+    assert "DPM-Solver++(2M) 4 steps" in proc.stdout
+    assert torch.load(tmp_path / "samples.pt", weights_only=True).float().std() > 0
+
+
 def test_sample_in_batches_saves_uint8_samples(run_dir, tmp_path):
     saved = tmp_path / "samples.pt"
     proc = cnnkit("diffusion", "sample", run_dir, "--n", "6", "--batch-size", "4", "--steps", "3",
@@ -65,13 +73,16 @@ def test_resume_of_a_finished_run_is_a_no_op(run_dir):
     (["--class", "3"], "class-conditional"),
     (["--guidance", "2"], "class-conditional"),
     (["--sampler", "ddpm", "--steps", "5"], "DDIM options"),
+    (["--sampler", "dpm++", "--eta", "0.5"], "DDIM option"),
     (["--steps", "51"], "1..50"),
 ])
-def test_sample_errors_are_one_line(run_dir, tmp_path, args, fragment):
+def test_sample_errors_are_one_line(run_dir, tmp_path, args, fragment, capsys):
     from cnnkit.cli.main import main  # in-process: each case costs no interpreter start
     with pytest.raises(SystemExit) as exc:
         main(["diffusion", "sample", str(run_dir), "-o", str(tmp_path / "g.png"), *args])
     assert exc.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert fragment in error and "\n" not in error
 
 
 def test_missing_checkpoint_is_a_one_line_error(tmp_path):

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, jaccard_score
 
-from cnnkit.train.seg_metrics import SegmentationScores, isbi_scores
+from cnnkit.train.seg_metrics import SegmentationScores, isbi_challenge_scores, isbi_scores
 from tests.conftest import DATASETS
 
 K = 5
@@ -123,3 +123,19 @@ def test_isbi_split_and_merge_errors_are_told_apart():
     cut[20, 5:29] = 0  # a predicted membrane across the first cell
     scores = isbi_scores(cut, truth)
     assert scores["vi_merge"] == pytest.approx(0, abs=1e-12) and scores["vi_split"] > 0.3
+
+
+def test_isbi_challenge_scores_take_the_best_threshold(slice_mask):
+    """A probability map whose membranes come out thick at 0.5 but right at a lower cell
+    threshold: the challenge's maximal F-score finds that threshold; the 0.5 scores are the
+    argmax's."""
+    from scipy.ndimage import binary_dilation
+    membrane = slice_mask == 0
+    thick = binary_dilation(membrane, iterations=2) & ~membrane  # a 2-px halo round membranes
+    probability = np.where(membrane, 0.05, np.where(thick, 0.35, 0.9))  # cells' probability
+    scores = isbi_challenge_scores(torch.from_numpy(probability), slice_mask)
+    at_half = isbi_scores((probability > 0.5).astype(np.int64), slice_mask)
+    assert scores["rand_f"] == pytest.approx(at_half["rand_f"]) and at_half["rand_f"] < 0.95
+    assert scores["threshold_max"] in (0.1, 0.2, 0.3)  # 0.05 < t < 0.35: the true membranes
+    assert scores["rand_f_max"] == pytest.approx(1.0, abs=1e-12)
+    assert scores["vi_max"] == pytest.approx(0.0, abs=1e-12)

@@ -23,6 +23,7 @@ def seg_run(tmp_path_factory):
                   out, "--name", "unet")
     assert proc.returncode == 0, proc.stderr
     assert "test mIoU:" in proc.stdout and "ISBI scores: rand_f" in proc.stdout
+    assert "rand_f_max" in proc.stdout and "threshold_max" in proc.stdout
     return out / "unet"
 
 
@@ -44,7 +45,7 @@ def test_eval_prints_the_class_table(seg_run):
     proc = cnnkit("eval", seg_run)
     assert proc.returncode == 0, proc.stderr
     assert "isbi2012 test (5 images, whole)" in proc.stdout
-    assert "membrane" in proc.stdout and "cell" in proc.stdout and "rand_f" in proc.stdout
+    assert "membrane" in proc.stdout and "cell" in proc.stdout and "rand_f_max" in proc.stdout
 
 
 def test_predict_writes_a_mask_and_an_overlay_at_the_image_size(seg_run, tmp_path):

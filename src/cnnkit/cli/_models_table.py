@@ -41,7 +41,7 @@ MODELS = {
     'keypointrcnn_resnet50_fpn': (59190378, (3, 800, 800), 'other'),
     'lenet': (431080, (1, 28, 28), 'log_probs'),
     'lraspp_mobilenet_v3_large': (3221538, (3, 520, 520), 'logits'),
-    'maskrcnn_resnet18_fpn': (14035313, (3, 128, 128), 'other'),
+    'maskrcnn_resnet18_fpn': (14496113, (3, 128, 128), 'other'),
     'maskrcnn_resnet50_fpn': (44454513, (3, 800, 800), 'other'),
     'mobilenet_v2': (3504872, (3, 224, 224), 'logits'),
     'mobilenet_v3_large': (5483032, (3, 224, 224), 'logits'),

@@ -36,9 +36,11 @@ def add_arguments(parser) -> None:
                              "class-conditional")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     ddpm = parser.add_argument_group("DDPM only")
-    ddpm.add_argument("--sampler", choices=("ddim", "ddpm"), default=None,
-                      help="DDIM (any number of steps) or DDPM ancestral (T steps) (default: ddim)")
-    ddpm.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 50)")
+    ddpm.add_argument("--sampler", choices=("ddim", "dpm++", "ddpm"), default=None,
+                      help="DDIM or DPM-Solver++(2M) (any number of steps), or DDPM ancestral "
+                           "(T steps) (default: ddim)")
+    ddpm.add_argument("--steps", type=int, default=None,
+                      help="DDIM / DPM-Solver++ steps (default: 50 / 20)")
     ddpm.add_argument("--eta", type=float, default=None,
                       help="DDIM noise: 0 deterministic, 1 DDPM-like (default: 0)")
     ddpm.add_argument("--guidance", type=float, default=None,
@@ -60,16 +62,20 @@ def run(args) -> int:
                           f"{sampler.task} checkpoint")
     if args.sampler == "ddpm" and (args.steps is not None or args.eta is not None):
         raise CnnkitError("--steps and --eta are DDIM options; the DDPM sampler takes all T steps")
+    if args.sampler == "dpm++" and args.eta is not None:
+        raise CnnkitError("--eta is a DDIM option; DPM-Solver++ solves the deterministic ODE")
     labels, nrow = _labels(sampler, args)
     if args.guidance is not None and not sampler.num_classes:
         raise CnnkitError("--guidance needs a class-conditional model; this one was trained "
                           "without --class-conditional")
     method = args.sampler or "ddim"
     guidance = 1.0 if args.guidance is None else args.guidance
-    steps = min(50, sampler.num_timesteps) if args.steps is None else args.steps
+    default_steps = 20 if method == "dpm++" else 50
+    steps = min(default_steps, sampler.num_timesteps) if args.steps is None else args.steps
     eta = 0.0 if args.eta is None else args.eta
     how = {"ddpm": f"DDPM {sampler.num_timesteps} steps, guidance {guidance:g}",
-           "ddim": f"DDIM {steps} steps, η = {eta:g}, guidance {guidance:g}"}[method] \
+           "ddim": f"DDIM {steps} steps, η = {eta:g}, guidance {guidance:g}",
+           "dpm++": f"DPM-Solver++(2M) {steps} steps, guidance {guidance:g}"}[method] \
         if sampler.task == "ddpm" else "DCGAN generator"
     start = time.perf_counter()
     images = generate(sampler, args.n, labels=labels, seed=args.seed, batch_size=args.batch_size,

@@ -1,12 +1,14 @@
-"""Samplers of a trained denoiser: DDPM ancestral sampling and DDIM, with classifier-free guidance.
+"""Samplers of a trained denoiser: DDPM ancestral sampling, DDIM and DPM-Solver++, with
+classifier-free guidance.
 
-Both run under `torch.inference_mode()` and draw every random number from `generator`, in the same
-order (x_T first, then one noise tensor per step; DDIM with η = 0 draws none after x_T), so
-`ddim_sample(steps=T, eta=1)` and `ddpm_sample` given the same seed walk the same chain.
+All run under `torch.inference_mode()` and draw every random number from `generator`, in the same
+order (x_T first, then one noise tensor per step; DDIM with η = 0 and DPM-Solver++ draw none after
+x_T), so `ddim_sample(steps=T, eta=1)` and `ddpm_sample` given the same seed walk the same chain.
 Predicted x̂_0 is clipped to [-1, 1], the data range (Ho et al.'s `clip_denoised`).
 """
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -78,10 +80,28 @@ def ddim_step(process: GaussianDiffusion, xt: torch.Tensor, t: torch.Tensor, t_p
 def ddim_timesteps(num_timesteps: int, steps: int) -> list[int]:
     """`steps` timesteps from T−1 down to 0, evenly spaced (Song et al. §4.2's "linear" τ)."""
     if not 1 <= steps <= num_timesteps:
-        raise CnnkitError(f"DDIM steps must be in 1..{num_timesteps} (the process's T), "
+        raise CnnkitError(f"sampler steps must be in 1..{num_timesteps} (the process's T), "
                           f"got {steps}")
     grid = torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long()
     return grid.flip(0).tolist()
+
+
+def _log_snr(process: GaussianDiffusion) -> tuple[torch.Tensor, ...]:
+    """λ_t = log(α_t/σ_t), α_t and σ_t per timestep in float64, from log ᾱ and 1 − ᾱ (which keep
+    their digits at both ends)."""
+    log_alpha_bar = process.log_alphas_cumprod.double()
+    one_minus = process.one_minus_alphas_cumprod.double()
+    return 0.5 * (log_alpha_bar - one_minus.log()), (0.5 * log_alpha_bar).exp(), one_minus.sqrt()
+
+
+def logsnr_timesteps(lambdas: torch.Tensor, steps: int) -> list[int]:
+    """About `steps` timesteps from T−1 down to 0 whose λ are evenly spaced: each target λ is
+    taken by the nearest timestep, and a timestep two targets share is used once."""
+    num_timesteps = len(lambdas)
+    ddim_timesteps(num_timesteps, steps)  # the same range check
+    targets = torch.linspace(float(lambdas[-1]), float(lambdas[0]), steps, dtype=torch.float64)
+    nearest = (lambdas[None, :] - targets[:, None]).abs().argmin(dim=1)  # (steps,)
+    return sorted(set(nearest.tolist()), reverse=True)
 
 
 @torch.inference_mode()
@@ -111,8 +131,58 @@ def ddim_sample(process: GaussianDiffusion, model: nn.Module, shape: tuple[int, 
                    eta=eta, desc=f"DDIM η={eta:g}")
 
 
-def _sample(process, model, shape, labels, guidance, generator, progress, noise, pairs, *,
-            eta: float | None, desc: str) -> torch.Tensor:
+@torch.inference_mode()
+def dpm_solver_sample(process: GaussianDiffusion, model: nn.Module, shape: tuple[int, ...],
+                      labels: torch.Tensor | int | None = None, guidance: float = 1.0,
+                      generator: torch.Generator | None = None, progress: bool = False,
+                      noise: torch.Tensor | None = None, steps: int = 20, order: int = 2
+                      ) -> torch.Tensor:
+    """DPM-Solver++(2M): Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
+    Diffusion Probabilistic Models" (https://arxiv.org/abs/2211.01095), Algorithm 2 — the
+    probability-flow ODE solved in its data-prediction form, multistep, second order. With
+    λ = log(α/σ), α = √ᾱ, σ = √(1 − ᾱ) and h = λ_next − λ_now,
+
+        x_next = (σ_next/σ_now) x − α_next (e^{−h} − 1) D,
+        D = (1 + 1/2r) x̂_0(now) − (1/2r) x̂_0(previous),  r = h_previous / h,
+
+    D = x̂_0(now) at the first step (no history; that step is DDIM's). `steps` network
+    evaluations at timesteps evenly spaced in λ (`logsnr_timesteps`: the paper's "logSNR"
+    skip type; on a linear schedule the even-t grid puts one long last step after a run of
+    short ones, which the extrapolation in D overshoots), x̂_0 from the guided ε and clipped to
+    [-1, 1] (static thresholding, §5 of the paper); the last step goes to ᾱ = 1, where the
+    update is x̂_0 itself. `order=1` is DDIM with η = 0 on the same timesteps, exactly.
+    """
+    if order not in (1, 2):
+        raise CnnkitError(f"DPM-Solver++ order must be 1 or 2, got {order}")
+    lambdas, alphas, sigmas = _log_snr(process)
+    timesteps = logsnr_timesteps(lambdas, steps)
+    x, labels, _ = _start(process, shape, labels, guidance, generator, noise)
+    previous_x0 = previous_h = None
+    was_training = model.training
+    model.eval()
+    from tqdm import tqdm  # noqa: PLC0415
+    for i, t_now in enumerate(tqdm(timesteps, desc=f"DPM-Solver++ {order}M", leave=False,
+                                   disable=not progress or not sys.stderr.isatty())):
+        t = torch.full((shape[0],), t_now, dtype=torch.long, device=x.device)  # (B,)
+        eps = guided_eps(process, model, x, t, labels, guidance)
+        x0 = process.predict_x0_from_eps(x, t, eps).clamp(-1.0, 1.0)
+        if i == len(timesteps) - 1:
+            x = x0  # σ_next = 0, e^{−h} = 0: the ODE ends at x̂_0
+            break
+        t_next = timesteps[i + 1]
+        h = float(lambdas[t_next] - lambdas[t_now])
+        d = x0
+        if order == 2 and previous_x0 is not None:
+            half_inverse_r = 0.5 * h / previous_h  # 1/(2r)
+            d = (1 + half_inverse_r) * x0 - half_inverse_r * previous_x0
+        x = float(sigmas[t_next] / sigmas[t_now]) * x - float(alphas[t_next]) * math.expm1(-h) * d
+        previous_x0, previous_h = x0, h
+    model.train(was_training)
+    return x
+
+
+def _start(process, shape, labels, guidance, generator, noise):
+    """(x_T float32 on the process's device, checked labels, the device noise is drawn on)."""
     device = process.betas.device
     labels = _check_labels(process, labels, guidance, shape[0], device)
     # Noise is drawn where the generator lives (a CPU generator gives the same images on any
@@ -122,7 +192,13 @@ def _sample(process, model, shape, labels, guidance, generator, progress, noise,
         noise = torch.randn(shape, generator=generator, device=noise_device)
     elif tuple(noise.shape) != tuple(shape):
         raise CnnkitError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
-    x = noise.to(device=device, dtype=torch.float32)
+    return noise.to(device=device, dtype=torch.float32), labels, noise_device
+
+
+def _sample(process, model, shape, labels, guidance, generator, progress, noise, pairs, *,
+            eta: float | None, desc: str) -> torch.Tensor:
+    x, labels, noise_device = _start(process, shape, labels, guidance, generator, noise)
+    device = x.device
     was_training = model.training
     model.eval()
     from tqdm import tqdm  # noqa: PLC0415

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cnnkit.diffusion.process import GaussianDiffusion, build_process
-from cnnkit.diffusion.samplers import ddim_sample, ddpm_sample
+from cnnkit.diffusion.samplers import ddim_sample, ddpm_sample, dpm_solver_sample
 from cnnkit.engine.device import autocast, native_bf16
 from cnnkit.inference.load import load_model
 from cnnkit.utils import CnnkitError
@@ -53,9 +53,10 @@ def generate(sampler: Sampler, n: int, *, labels: torch.Tensor | None = None, se
     """`n` images in [-1, 1], (n, C, H, W) float32 on the CPU, made `batch_size` at a time.
 
     One generator seeded with `seed` feeds every batch, so the result depends on the batch size
-    only through the order of draws. DDPM: `method` "ddim" (`steps`, `eta`) or "ddpm" (all T
-    steps), classifier-free `guidance`; "bf16" `precision` runs the U-Net under autocast (the
-    sampler's own arithmetic stays fp32); "auto" picks it where the CPU computes bf16 natively.
+    only through the order of draws. DDPM: `method` "ddim" (`steps`, `eta`), "dpm++"
+    (DPM-Solver++(2M), `steps`) or "ddpm" (all T steps), classifier-free `guidance`; "bf16"
+    `precision` runs the U-Net under autocast (the sampler's own arithmetic stays fp32); "auto"
+    picks it where the CPU computes bf16 natively.
     """
     if n < 1 or batch_size < 1:
         raise CnnkitError(f"the number of images and the batch size must be at least 1, got "
@@ -70,8 +71,11 @@ def generate(sampler: Sampler, n: int, *, labels: torch.Tensor | None = None, se
     elif method == "ddim":
         run = partial(ddim_sample, sampler.process, sampler.model, steps=steps, eta=eta,
                       guidance=guidance, progress=progress)
+    elif method == "dpm++":
+        run = partial(dpm_solver_sample, sampler.process, sampler.model, steps=steps,
+                      guidance=guidance, progress=progress)
     else:
-        raise CnnkitError(f"unknown sampler '{method}'; choose ddim or ddpm")
+        raise CnnkitError(f"unknown sampler '{method}'; choose ddim, dpm++ or ddpm")
     generator = torch.Generator().manual_seed(seed)
     chunks = []
     for first in range(0, n, batch_size):

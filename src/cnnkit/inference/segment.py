@@ -29,22 +29,34 @@ def segment_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)[..., :height, :width]
 
 
-@torch.no_grad()
 def predict_masks(model: nn.Module, images: torch.Tensor, mean: Sequence[float],
                   std: Sequence[float], *, precision: str = "fp32",
                   batch_size: int = 4) -> torch.Tensor:
     """Class index per pixel of uint8 images (N, C, H, W), int64 (N, H, W), in batches."""
+    return torch.cat([logits.argmax(1) for logits in _logit_batches(
+        model, images, mean, std, precision=precision, batch_size=batch_size)])
+
+
+def predict_probabilities(model: nn.Module, images: torch.Tensor, mean: Sequence[float],
+                          std: Sequence[float], *, precision: str = "fp32",
+                          batch_size: int = 4) -> torch.Tensor:
+    """Softmax class probabilities (N, K, H, W) float32 of uint8 images (N, C, H, W)."""
+    return torch.cat([logits.softmax(1) for logits in _logit_batches(
+        model, images, mean, std, precision=precision, batch_size=batch_size)])
+
+
+@torch.no_grad()
+def _logit_batches(model, images, mean, std, *, precision: str, batch_size: int):
+    """float32 CPU logits (B, K, H, W), batch by batch (argmax per batch keeps memory small)."""
     model.eval()
     device = next(model.parameters()).device
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    out = []
     for start in range(0, len(images), batch_size):
         x = (images[start:start + batch_size].float() / 255 - mean_t) / std_t  # (B, C, H, W)
         with autocast(precision, device.type):
             logits = segment_logits(model, x.to(device))
-        out.append(logits.float().argmax(1).cpu())
-    return torch.cat(out)
+        yield logits.float().cpu()
 
 
 def write_mask(mask: torch.Tensor, path) -> None:
@@ -82,15 +94,29 @@ def evaluate_dataset(loaded, dataset: str, split: str, data_dir):
     """(SegmentationScores, ISBI challenge scores or None, image count) of a loaded
     segmentation checkpoint on a registered data set's split, whole images."""
     from cnnkit.data import load_dataset  # noqa: PLC0415
-    from cnnkit.train.seg_metrics import SegmentationScores, isbi_scores  # noqa: PLC0415
+    from cnnkit.train.seg_metrics import SegmentationScores  # noqa: PLC0415
     from cnnkit.utils import CnnkitError  # noqa: PLC0415
     data = load_dataset(dataset, split, data_dir=data_dir,
                         image_size=loaded.config.get("image_size"), quiet=True)
     if len(data.classes) != len(loaded.classes):
         raise CnnkitError(f"{loaded.path} predicts {len(loaded.classes)} classes but {dataset} "
                           f"has {len(data.classes)}")
-    predictions = predict_masks(loaded.model, data.images, loaded.mean, loaded.std)
+    predictions, challenge = predict_and_challenge(loaded.model, data, dataset, loaded.mean,
+                                                   loaded.std)
     scores = SegmentationScores(len(data.classes), ignore_index=data.ignore_index)
     scores.update(predictions, data.masks)
-    challenge = isbi_scores(predictions, data.masks) if dataset == "isbi2012" else None
     return scores, challenge, len(data)
+
+
+def predict_and_challenge(model: nn.Module, data, dataset: str, mean: Sequence[float],
+                          std: Sequence[float], *, precision: str = "fp32"
+                          ) -> tuple[torch.Tensor, dict | None]:
+    """Class-index masks (N, H, W) of a data set's whole images and, for ISBI 2012 (cells:
+    class 1), the challenge's scores of the cell probabilities (`isbi_challenge_scores`), else
+    None."""
+    if dataset != "isbi2012" or len(data.classes) != 2:
+        return predict_masks(model, data.images, mean, std, precision=precision), None
+    from cnnkit.train.seg_metrics import isbi_challenge_scores  # noqa: PLC0415
+    probabilities = predict_probabilities(model, data.images, mean, std,
+                                          precision=precision)  # (N, 2, H, W)
+    return probabilities.argmax(1), isbi_challenge_scores(probabilities[:, 1], data.masks)

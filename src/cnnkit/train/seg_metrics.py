@@ -165,5 +165,28 @@ def isbi_scores(pred_masks, true_masks, *, foreground: int = 1) -> dict[str, flo
     return {key: float(np.mean(values)) for key, values in scores.items()}
 
 
+# The challenge script's sweep: getMaximalVRand(0.0, 1.0, 0.1) over the proposal's probability;
+# 1.0 would leave no cell, so it is not tried.
+CHALLENGE_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))
+
+
+def isbi_challenge_scores(cell_probability, true_masks, *, thresholds=CHALLENGE_THRESHOLDS,
+                          foreground: int = 1) -> dict[str, float]:
+    """`isbi_scores` of the prediction `probability > 0.5` (a 2-class argmax), plus the
+    challenge's own reading of a probability map: the highest Rand F-score over `thresholds`
+    (one threshold for the whole stack) as `rand_f_max`, with its `vi_max` and `threshold_max`.
+    The ISBI 2012 leaderboard ranked by that maximum ("Rand error: 1 − the maximal F-score of
+    the foreground-restricted Rand index", Arganda-Carreras et al. 2015); the U-Net paper's Rand
+    error 0.0382 is 1 − it. `cell_probability` (N, H, W) or (H, W): class `foreground`'s."""
+    probability = _numpy(cell_probability)
+    swept = {}
+    for threshold in sorted({*thresholds, 0.5}):
+        cells = np.where(probability > threshold, foreground, 1 - foreground)
+        swept[threshold] = isbi_scores(cells, true_masks, foreground=foreground)
+    best = max(swept, key=lambda t: swept[t]["rand_f"])
+    return {**swept[0.5], "rand_f_max": swept[best]["rand_f"], "vi_max": swept[best]["vi"],
+            "threshold_max": best}
+
+
 def _numpy(masks) -> np.ndarray:
     return masks.cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)

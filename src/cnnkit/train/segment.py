@@ -23,12 +23,12 @@ from cnnkit.data.seg_loader import SegmentationLoader
 from cnnkit.data.segmentation import SegmentationDataset
 from cnnkit.engine.distributed import shard
 from cnnkit.engine.run import Run
-from cnnkit.inference.segment import predict_masks
+from cnnkit.inference.segment import predict_and_challenge, predict_masks
 from cnnkit.models import create_model
 from cnnkit.train.classify import limit_test, make_optimizer, set_lr, split_validation
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.seg_losses import cross_entropy, soft_dice_loss, unet_weight_map
-from cnnkit.train.seg_metrics import SegmentationScores, isbi_scores
+from cnnkit.train.seg_metrics import SegmentationScores
 from cnnkit.utils import CnnkitError
 
 
@@ -114,13 +114,11 @@ def _train(run: Run, config: TrainConfig, log) -> SegmentResult:
                       monitor=("val_miou", "max") if val_set is not None else ("train_loss", "min"))
     run.finish()
 
-    predictions = predict_masks(model, test_set.images, test_set.mean, test_set.std,
-                                precision=run.precision)  # (N, H, W) int64, the whole images
+    predictions, challenge = predict_and_challenge(model, test_set, config.dataset,
+                                                   test_set.mean, test_set.std,
+                                                   precision=run.precision)
     test = SegmentationScores(len(classes), ignore_index=test_set.ignore_index)
     test.update(predictions, test_set.masks)
-    challenge = None
-    if len(classes) == 2 and config.dataset == "isbi2012":  # cells: class 1
-        challenge = isbi_scores(predictions, test_set.masks)
     if env.is_main:
         _write_figures(run.dir, test_set, predictions, test, classes)
     log(f"test ({len(test_set)} images, whole): pixel accuracy {test.pixel_accuracy:.4f}  "
