@@ -68,15 +68,13 @@ def main() -> None:
     guidances = [float(g) for g in args.guidance.split(",")]
     print(f"run {args.run}, classifier {args.classifier}, U-Net in {args.precision}, "
           f"{torch.get_num_threads()} threads")
-    print("\n(a) DDIM 50 steps, η = 0")
-    print("| guidance | n | FID | floor | × floor | conditional accuracy | sampling s | ms/image |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\n(a) DDIM 50 steps, η = 0, n = {args.n}")
+    print("| guidance | FID | floor | × floor | conditional accuracy | sampling s | ms/image |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for w in guidances:
         r = sample_and_judge(diffusion, classifier, train, test, args.n, args, method="ddim",
                              steps=50, guidance=w)
-        print(f"| {w:g} | {args.n} | {r['fid']:.2f} | {r['floor']:.2f} | "
-              f"{r['fid'] / r['floor']:.2f} | {r['accuracy']:.2%} | {r['seconds']:.0f} | "
-              f"{r['ms_per_image']:.1f} |", flush=True)
+        _row(f"{w:g}", r)
     if args.compare_n >= 2:
         compare_ddpm(diffusion, classifier, train, test, guidances[0], args)
     if args.dpm_steps:

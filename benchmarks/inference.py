@@ -70,12 +70,20 @@ def onnx_session(model: nn.Module, x: torch.Tensor, threads: int, folder: str):
 
 
 def compare_row(name: str, batch: int, threads: int, rounds: int, use_compile: bool) -> dict:
-    """Median ms per pass of every mode of one row, and what the run noticed on the way."""
+    """Median ms per pass of every mode of one row, what the run noticed, the model's MACs."""
     model, shape = build(name)
     x = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0))
+    ms, notes = time_against_onnxruntime(model, x, threads, rounds, use_compile)
+    return {"ms": ms, "notes": notes, "macs": count_macs(model, shape)}
+
+
+def time_against_onnxruntime(model: nn.Module, x: torch.Tensor, threads: int, rounds: int,
+                             use_compile: bool, warmup: int = 2) -> tuple[dict, list[str]]:
+    """({mode: median ms per pass}, notes) of cnnkit's eager modes, compile of the fastest,
+    and onnxruntime on the exported model, all on the batch x, timed in alternating rounds."""
     steps = {m: (lambda r=prepare(model, m): r(x)) for m in EAGER_MODES}
     for step in steps.values():  # first calls pick kernels (bf16 the slowest): not timed
-        pass_times(step, 2)
+        pass_times(step, warmup)
     eager_ms = {m: statistics.median(pass_times(s, 3)) for m, s in steps.items()}
     notes = []
     if use_compile:
@@ -95,14 +103,12 @@ def compare_row(name: str, batch: int, threads: int, rounds: int, use_compile: b
         notes.append(f"onnxruntime max |Δ| vs fp32 {difference:.1e}")
         steps["onnxruntime"] = lambda: session.run(None, feed)
         for step in steps.values():
-            pass_times(step, 2)
+            pass_times(step, warmup)
         times = {m: [] for m in steps}
-        for _ in range(rounds):
+        for _ in range(rounds):  # alternating: each round times every mode once
             for mode, step in steps.items():
                 times[mode] += pass_times(step, 1)
-    ms = {m: 1000 * statistics.median(t) for m, t in times.items()}
-    macs = count_macs(model, shape)
-    return {"ms": ms, "notes": notes, "macs": macs}
+    return {m: 1000 * statistics.median(t) for m, t in times.items()}, notes
 
 
 def matmul_peak(threads: int, size: int = 2048, passes: int = 10) -> dict[str, float]:

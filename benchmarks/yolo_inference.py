@@ -4,10 +4,10 @@ yolov8n (80 classes, random weights: speed does not depend on them), 320×320, b
 forward (boxes and scores before NMS, which is outside the ONNX graph and costs both sides the
 same). Timed in alternating rounds — every mode one pass in turn — so a change in machine load
 hits all alike; the median pass counts. Modes: cnnkit eager fp32 (NCHW), channels-last, bf16
-autocast, torch.compile (inductor, weights frozen) of the fastest eager mode, and the ONNX file
-`cnnkit export` would write, run by onnxruntime with every graph optimisation and intra-op threads
-= the machine's physical cores (torch gets the same number). Target: cnnkit's fastest mode ≥
-onnxruntime.
+autocast, torch.compile (inductor, weights frozen) of the fastest eager mode, and the same raw
+forward exported to ONNX (boxes and scores as one tensor), run by onnxruntime with every graph
+optimisation and intra-op threads = the machine's physical cores (torch gets the same number);
+the timing is benchmarks/inference.py's. Target: cnnkit's fastest mode ≥ onnxruntime.
 
 usage: python benchmarks/yolo_inference.py [--model yolov8n] [--size 320] [--rounds 30]
        [--no-compile] [--threads N]
@@ -15,31 +15,14 @@ usage: python benchmarks/yolo_inference.py [--model yolov8n] [--size 320] [--rou
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-from pathlib import Path
 
 import torch
-from _timing import cpu_name, pass_times
+from _timing import cpu_name
+from inference import time_against_onnxruntime
 
 from cnnkit.engine.device import physical_cores
-from cnnkit.inference.export import RawDetections, export_onnx
-from cnnkit.inference.modes import EAGER_MODES, DenseDetections, prepare
+from cnnkit.inference.modes import DenseDetections
 from cnnkit.models import create_model
-from cnnkit.utils import CnnkitError
-
-
-def onnx_runner(model: torch.nn.Module, x: torch.Tensor, threads: int, folder: str):
-    import onnxruntime as ort
-    path = Path(folder) / "yolo.onnx"
-    export_onnx(RawDetections(model), x.repeat(2, 1, 1, 1), path, output_name=("boxes", "scores"))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.numpy()}
-    return (lambda: session.run(None, feed)), session, feed
 
 
 def main() -> None:
@@ -63,38 +46,8 @@ def main() -> None:
           f"{cpu_name()} | {threads} threads for torch and onnxruntime (intra-op) | "
           f"torch {torch.__version__}")
 
-    runners = {m: prepare(dense, m) for m in EAGER_MODES}
-    steps = {m: (lambda r=r: r(x)) for m, r in runners.items()}
-    for step in steps.values():  # first calls pick kernels (bf16 the slowest): not timed
-        pass_times(step, 2)
-    eager_ms = {m: statistics.median(pass_times(s, 3)) for m, s in steps.items()}
-    notes = []
-    if not args.no_compile:
-        base = min(eager_ms, key=eager_ms.get)
-        try:
-            compiled = prepare(dense, "compile", example=x, compile_base=base)
-            steps[compiled.mode] = lambda: compiled(x)
-            notes.append(f"{compiled.mode}: compiled in {compiled.compile_seconds:.0f} s")
-        except CnnkitError as exc:
-            notes.append(f"compile({base}) skipped: {exc}")
-    with tempfile.TemporaryDirectory() as folder:
-        import onnxruntime
-        run_onnx, session, feed = onnx_runner(model, x, threads, folder)
-        boxes, scores = session.run(None, feed)
-        with torch.no_grad():
-            ref_boxes, ref_scores = model.forward_raw(x)
-        notes.append(f"onnxruntime {onnxruntime.__version__}: max |Δ| vs fp32 "
-                     f"{abs(boxes - ref_boxes.numpy()).max():.1e} px, "
-                     f"{abs(scores - ref_scores.numpy()).max():.1e} score")
-        steps["onnxruntime"] = run_onnx
-        for step in steps.values():
-            for _ in range(args.warmup):
-                step()
-        times = {m: [] for m in steps}
-        for _ in range(args.rounds):  # alternating: each round times every mode once
-            for mode, step in steps.items():
-                times[mode] += pass_times(step, 1)
-    ms = {m: 1000 * statistics.median(t) for m, t in times.items()}
+    ms, notes = time_against_onnxruntime(dense, x, threads, args.rounds, not args.no_compile,
+                                         warmup=args.warmup)
     ort_ips = 1000 / ms["onnxruntime"]
     print(f"\n{'mode':<24} {'ms/image':>9} {'images/s':>9} {'× onnxruntime':>14}")
     for mode, value in ms.items():
