@@ -17,7 +17,9 @@ def test_lists_every_registered_data_set_with_counts_and_recipe():
                                     f"{info.channels}×{info.image_size}" if info.image_size
                                     else "any", *counts], row
         assert row.endswith(info.source) and description.strip() == info.description
-        assert recipe.strip().startswith(f"recipe: {info.recipe['epochs']} epochs, "
+        epochs = info.recipe["epochs"]
+        assert recipe.strip().startswith(f"recipe: {epochs} epoch{'s' * (epochs != 1)}, "
                                          f"batch {info.recipe['batch_size']}"), recipe
     assert "recipe: 30 epochs, batch 32, shift ±2 px" in proc.stdout  # digits
-    assert "recipe: 2 epochs, batch 128\n" in proc.stdout  # mnist: no shift, not worded
+    # mnist: one epoch in the singular, no shift (not worded), lr and label smoothing worded
+    assert "recipe: 1 epoch, batch 128, lr 0.006, label smoothing 0.1\n" in proc.stdout

@@ -25,7 +25,7 @@ RECIPES = {
     "isbi2012": dict(epochs=40, batch_size=4, crop_size=256),
     "kmnist": dict(epochs=10, batch_size=128, translate=1),
     "lsp": dict(epochs=120, batch_size=32),
-    "mnist": dict(epochs=2, batch_size=128, translate=0),
+    "mnist": dict(epochs=1, batch_size=128, translate=0, lr=6e-3, label_smoothing=0.1),
     "mnist-seq": dict(epochs=3, batch_size=64, translate=0),
     "mnist-det": dict(epochs=6, batch_size=4),
     "oxford-pets-det": dict(epochs=20, batch_size=8, max_scale=1.25),

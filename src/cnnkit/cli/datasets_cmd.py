@@ -23,11 +23,13 @@ def run(args) -> int:
 
 
 # How `recipe_summary` words each recipe key; any other key prints as key=value.
-_RECIPE_WORDS = {"epochs": "{} epochs", "batch_size": "batch {}", "translate": "shift ±{} px"}
+_RECIPE_WORDS = {"batch_size": "batch {}", "translate": "shift ±{} px",
+                 "lr": "lr {:g}", "label_smoothing": "label smoothing {:g}"}
 
 
 def recipe_summary(recipe: dict) -> str:
     """`30 epochs, batch 32, shift ±2 px`: a data set's training recipe in words."""
-    return ", ".join(_RECIPE_WORDS.get(key, key + "={}").format(value)
+    return ", ".join(f"{value} epoch{'s' * (value != 1)}" if key == "epochs" else
+                     _RECIPE_WORDS.get(key, key + "={}").format(value)
                      for key, value in recipe.items()
                      if not (key == "translate" and not value))  # no shift: not worth a word

@@ -150,7 +150,9 @@ class Run:
         # --threads, else physical cores not busy with other work (device.choose_threads)
         threads = set_threads(config.threads, deterministic=config.deterministic)
         torch.manual_seed(config.seed)
-        torch.use_deterministic_algorithms(config.deterministic)
+        # Only when it changes: the setter imports torch._inductor (1.6 s of start-up).
+        if torch.are_deterministic_algorithms_enabled() != config.deterministic:
+            torch.use_deterministic_algorithms(config.deterministic)
         log = log if env.is_main else (lambda *_: None)
         log(threads)  # the run header's first line: "threads: N (why)"
         if folder and run_dir is None:

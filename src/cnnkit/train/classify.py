@@ -231,14 +231,14 @@ def _train(run: Run, config: TrainConfig, log) -> TrainResult:
     test, log_probs = evaluate(model, test_loader, num_classes, precision=run.precision,
                                keep_outputs=True, reduce_sum=run.reduce_tensor)
     log_probs = gather_shards(log_probs.cpu(), len(test_set), env)  # (N, ..., K), set order
-    if env.is_main:
-        _write_figures(run.dir, run.history, test, log_probs, test_set, model, config)
     if test_set.labels.dim() == 2:  # sequences: whole-sequence and per-token accuracy
         scores = f"sequence accuracy {test.top1:.4f}  token accuracy {test.token_acc:.4f}"
     else:
         scores = f"top-1 {test.top1:.4f}  top-5 {test.top5:.4f}"
     log(f"test, weights of {chosen} (epoch {final_epoch}): loss {test.loss:.4f}  "
         f"{scores}  ({test.count} images)")
+    if env.is_main:  # after the result is out: drawing takes longer than a MNIST epoch
+        _write_figures(run.dir, run.history, test, log_probs, test_set, model, config)
     return TrainResult(run.dir, run.history, test, train_set.classes, run.train_seconds, model,
                        run.stop_reason)
 
@@ -260,7 +260,8 @@ def _describe_start(run: Run, model: nn.Module, splits: tuple, steps_per_epoch: 
     train_set, val_set, test_set = splits
     lines = [f"{config.model}: {sum(p.numel() for p in model.parameters()):,} parameters | "
              f"{config.dataset}: {len(train_set)} train, {len(val_set) if val_set else 0} val, "
-             f"{len(test_set)} test{_unreadable(train_set)} | {config.epochs} epochs × "
+             f"{len(test_set)} test{_unreadable(train_set)} | {config.epochs} epoch"
+             f"{'s' * (config.epochs != 1)} × "
              f"{steps_per_epoch} steps | {run.device.type}, {run.precision} | run {run.dir}"]
     mean, std = (", ".join(f"{v:.3f}" for v in vals) for vals in (train_set.mean, train_set.std))
     resize = ""

@@ -41,7 +41,7 @@ class TrainConfig(RunConfig):
     epochs: int | None = config_field(None, "epochs (default: the data set's recipe)")
     batch_size: int | None = config_field(None, "images per step and process: the global batch is world_size × this (default: recipe)")
     optimizer: str = config_field("adam", "optimizer", ("sgd", "adam", "adamw"))
-    lr: float = config_field(3e-3, "peak learning rate")
+    lr: float | None = config_field(None, "peak learning rate (default: the data set's recipe, else 3e-3)")
     momentum: float = config_field(0.9, "SGD momentum (Adam: beta1)")
     nesterov: bool = config_field(False, "Nesterov momentum (SGD)")
     weight_decay: float = config_field(0.0, "L2 penalty (SGD, Adam) or decoupled decay (AdamW)")
@@ -49,7 +49,7 @@ class TrainConfig(RunConfig):
     warmup_epochs: float = config_field(0.0, "linear warm-up length for the cosine schedule")
     step_size: int = config_field(10, "step schedule: epochs between decays")
     gamma: float = config_field(0.1, "step schedule: decay factor")
-    label_smoothing: float = config_field(0.0, "label smoothing of the cross-entropy loss")
+    label_smoothing: float | None = config_field(None, "label smoothing of the cross-entropy loss (default: the data set's recipe, else 0)")
     grad_clip: float = config_field(0.0, "clip the gradient norm to this value (0: off)")
     accumulate: int = config_field(1, "batches per optimiser step (gradient accumulation): the step's batch is N × batch size")
     early_stop: int = config_field(0, "stop after this many epochs without improvement of `monitor` (0: off)")
@@ -91,7 +91,7 @@ class TrainConfig(RunConfig):
                 raise CnnkitError(f"--{key.replace('_', '-')} must be positive, got {value}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise CnnkitError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0.0 <= self.label_smoothing < 1.0:
+        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
             raise CnnkitError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.test_limit is not None and self.test_limit < 1:
             raise CnnkitError(f"--test-limit must be at least 1 image, got {self.test_limit}")
@@ -145,9 +145,10 @@ class TrainConfig(RunConfig):
         if self.image_size is None and self.init_weights and not self.resume:
             from cnnkit.models._weights import checkpoint_image_size  # noqa: PLC0415
             self.image_size = checkpoint_image_size(self.init_weights)  # None: not recorded
-        for key, off in (("elastic", False), ("vflip", False), ("max_scale", 1.0)):
-            if getattr(self, key) is None:  # no recipe value either: off
-                setattr(self, key, off)
+        for key, fallback in (("elastic", False), ("vflip", False), ("max_scale", 1.0),
+                              ("lr", 3e-3), ("label_smoothing", 0.0)):
+            if getattr(self, key) is None:  # no recipe value either
+                setattr(self, key, fallback)
         if self.monitor == "auto":
             self.monitor = {"segment": "val_miou", "detect": "val_map"}.get(self.task, "val_acc")
         return self
