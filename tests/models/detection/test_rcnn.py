@@ -80,6 +80,24 @@ def test_training_forward_gives_finite_losses_and_gradients_everywhere(name):
         assert not grads or sum(grads) > 0, head
 
 
+def test_mask_rois_per_image_caps_what_the_mask_head_trains_on():
+    images, targets = _data()
+    seen = {}
+    for cap in (None, 3):
+        model = _build("maskrcnn_resnet18_fpn", mask_rois_per_image=cap).train()
+        model.roi_heads.mask_head.register_forward_hook(
+            lambda _m, args, _out, cap=cap: seen.setdefault(cap, []).append(len(args[0])))
+        losses = model(images, targets)
+        assert math.isfinite(losses["loss_mask"].item())
+        model.eval()(images)  # inference: every detection gets a mask, whatever the cap
+    # The ground-truth boxes join the proposals, so each image has ≥ 2 positives; uncapped, the
+    # head sees them all (more than the cap), capped at most 3 per image.
+    assert seen[None][0] > 2 * 3 and seen[3][0] == 2 * 3
+    assert len(seen[None]) == len(seen[3]) == 2
+    with pytest.raises(ValueError, match="mask_rois_per_image must be ≥ 1"):
+        _build("maskrcnn_resnet18_fpn", mask_rois_per_image=0)
+
+
 @pytest.mark.parametrize("name", SMALL)
 def test_eval_output_contract(name):
     model = _build(name, box_score_thresh=0.0).eval()

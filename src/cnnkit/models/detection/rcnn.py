@@ -155,15 +155,26 @@ class MaskRCNN(FasterRCNN):
     `exact_masks` (a cnnkit keyword, default off as in torchvision): mask targets sampled at
     pixel centres and masks pasted back through the box's continuous coordinates, as Detectron2
     does (`mask_keypoint_heads.paste_masks_in_image`); torchvision's half-pixel offsets cost
-    little on large objects but cap a thin stroke's mask IoU near 0.7."""
+    little on large objects but cap a thin stroke's mask IoU near 0.7.
+
+    `mask_rois_per_image` (a cnnkit keyword; None: every positive RoI, as in torchvision): in
+    training, the mask branch sees a uniform random subset of at most this many of each image's
+    positive RoIs. The mask loss is a mean over positives, so the subset leaves its expectation
+    unchanged; with a few objects per image the positives are near-copies of one another, and the
+    mask head is then the most expensive part of a training step."""
 
     task = "instance-segmentation"
 
     def __init__(self, backbone: nn.Module, num_classes: int | None = None, *,
                  mask_roi_pool=None, mask_head=None, mask_predictor=None,
-                 mask_layers=(256, 256, 256, 256), exact_masks: bool = False, **kwargs):
+                 mask_layers=(256, 256, 256, 256), exact_masks: bool = False,
+                 mask_rois_per_image: int | None = None, **kwargs):
         super().__init__(backbone, num_classes, **kwargs)
+        if mask_rois_per_image is not None and mask_rois_per_image < 1:
+            raise ValueError(f"mask_rois_per_image must be ≥ 1 (or None: all), got "
+                             f"{mask_rois_per_image}")
         self.roi_heads.exact_masks = self.transform.exact_masks = exact_masks
+        self.roi_heads.mask_rois_per_image = mask_rois_per_image
         num_classes = self.num_classes
         mask_dim = mask_layers[-1]
         if mask_roi_pool is None:

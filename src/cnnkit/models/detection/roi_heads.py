@@ -133,6 +133,7 @@ class RoIHeads(nn.Module):
         self.mask_head = mask_head
         self.mask_predictor = mask_predictor
         self.exact_masks = False  # MaskRCNN(exact_masks=...): pixel-centred mask targets
+        self.mask_rois_per_image: int | None = None  # MaskRCNN(...): training's mask RoI cap
         self.keypoint_roi_pool = keypoint_roi_pool
         self.keypoint_head = keypoint_head
         self.keypoint_predictor = keypoint_predictor
@@ -254,12 +255,16 @@ class RoIHeads(nn.Module):
                       for b, lab, s in zip(boxes, labels, scores)]
             branch_boxes = [r["boxes"] for r in result]
         if self.has_mask():
+            mask_boxes, mask_idxs = branch_boxes, pos_matched_idxs if self.training else None
+            if self.training and self.mask_rois_per_image is not None:
+                mask_boxes, mask_idxs = _random_subsets(branch_boxes, pos_matched_idxs,
+                                                        self.mask_rois_per_image)
             mask_logits = self.mask_predictor(self.mask_head(
-                self.mask_roi_pool(features, branch_boxes, image_shapes)))
+                self.mask_roi_pool(features, mask_boxes, image_shapes)))
             if self.training:
                 losses["loss_mask"] = maskrcnn_loss(
-                    mask_logits, branch_boxes, [t["masks"] for t in targets],
-                    [t["labels"] for t in targets], pos_matched_idxs, self.exact_masks)
+                    mask_logits, mask_boxes, [t["masks"] for t in targets],
+                    [t["labels"] for t in targets], mask_idxs, self.exact_masks)
             else:
                 masks = maskrcnn_inference(mask_logits, [r["labels"] for r in result])
                 for mask_prob, r in zip(masks, result):
@@ -277,3 +282,9 @@ class RoIHeads(nn.Module):
                     r["keypoints"] = kp
                     r["keypoints_scores"] = kps_score
         return result, losses
+
+
+def _random_subsets(boxes: list[torch.Tensor], matched_idxs: list[torch.Tensor], limit: int):
+    """Per image, a uniform random subset of at most `limit` (box, matched index) pairs."""
+    kept = [torch.randperm(len(b), device=b.device)[:limit] for b in boxes]
+    return [b[k] for b, k in zip(boxes, kept)], [m[k] for m, k in zip(matched_idxs, kept)]
