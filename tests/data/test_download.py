@@ -8,12 +8,11 @@ import shutil
 import socket
 
 import pytest
-import torch
 
 from cnnkit.data import _registry, datasets, load_dataset
 from cnnkit.data.array_dataset import channel_stats
 from cnnkit.data.download import fetch, md5_of
-from cnnkit.data.formats import read_idx, read_idx_pair, read_idx_pair_cached
+from cnnkit.data.formats import read_idx
 from cnnkit.utils import CnnkitError
 from tests.conftest import DATASETS
 from tests.data.conftest import HalfBodyHandler
@@ -32,9 +31,8 @@ def test_mnist_through_mirror_then_from_cache(tmp_path, serve):
     test = load_dataset("mnist", "test", data_dir=tmp_path, mirror=url, quiet=True)
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert train.class_counts() == TRAIN_COUNTS and test.class_counts() == TEST_COUNTS
-    official = [line.split()[1] for line in (MNIST / "MD5SUMS").read_text().splitlines()]
-    decoded = [name.replace(".gz", ".uint8.pt") for name in official if "images" in name]
-    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(official + decoded)
+    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(
+        line.split()[1] for line in (MNIST / "MD5SUMS").read_text().splitlines())
     # The published normalisation constants match the decoded training pixels.
     (mean,), (std,) = channel_stats(train.images)
     assert train.mean == (0.1307,) and train.std == (0.3081,) and not train.hflip_ok
@@ -134,31 +132,6 @@ def _write_idx(path, raw: bytes):
     with gzip.open(path, "wb") as f:
         f.write(raw)
     return path
-
-
-def test_decoded_copy_is_reused_only_for_its_source(tmp_path):
-    images, labels = tmp_path / "t10k-images-idx3-ubyte.gz", tmp_path / LABELS
-    for path in (images, labels):
-        shutil.copy(MNIST / path.name, path)
-    truth = read_idx_pair(images, labels)
-    copy = tmp_path / "t10k-images-idx3-ubyte.uint8.pt"
-    first = read_idx_pair_cached(images, labels, key="a")
-    assert copy.is_file() and all(map(torch.equal, first, truth))
-    # The second read comes from the copy: a copy holding other pixels under the same key is
-    # believed (so it is the copy that was read), one under another key is decoded again.
-    torch.save({"key": "a", "images": truth[0] // 2, "labels": truth[1]}, copy)
-    assert torch.equal(read_idx_pair_cached(images, labels, key="a")[0], truth[0] // 2)
-    assert torch.equal(read_idx_pair_cached(images, labels, key="b")[0], truth[0])
-    assert torch.load(copy, weights_only=True)["key"] == "b"  # rewritten for the new source
-    copy.write_bytes(b"not a tensor file")  # damaged: decoded again, not an error
-    assert torch.equal(read_idx_pair_cached(images, labels, key="b")[0], truth[0])
-    # A copy that cannot be written (a read-only folder; here, as root, a folder in its place):
-    # the same result, and nothing left behind.
-    copy.unlink()
-    copy.mkdir()
-    assert torch.equal(read_idx_pair_cached(images, labels, key="b")[0], truth[0])
-    assert copy.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [images.name, labels.name, copy.name])
 
 
 def test_idx_parsing_is_strict(tmp_path):

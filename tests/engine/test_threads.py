@@ -1,5 +1,8 @@
 """The default torch thread count (engine.device.choose_threads) and the run header line."""
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -31,7 +34,7 @@ def test_omp_num_threads_is_respected(monkeypatch):
 
 def test_tiny_inference_uses_one_thread(no_omp, monkeypatch):
     monkeypatch.setattr(device, "physical_cores", lambda: 8)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(device, "busy_cores", lambda cores: (0.0, "idle"))
     small = device.SMALL_INFERENCE_MACS - 1
     assert device.choose_threads(training=False, work_macs=small)[0] == 1
     # the same work when training, or more inference work, gets every idle core
@@ -41,12 +44,25 @@ def test_tiny_inference_uses_one_thread(no_omp, monkeypatch):
 
 def test_busy_cores_are_left_out_except_for_deterministic_runs(no_omp, monkeypatch):
     monkeypatch.setattr(device, "physical_cores", lambda: 4)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    monkeypatch.setattr(device, "busy_cores", lambda cores: (1.2, "1.2 busy with other work"))
     n, why = device.choose_threads()
-    assert n == 3 and "load average 1.2" in why  # round(4 − 1.2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    assert n == 3 and "1.2 busy with other work" in why  # round(4 − 1.2)
+    monkeypatch.setattr(device, "busy_cores", lambda cores: (9.0, "9.0 busy"))
     assert device.choose_threads()[0] == 1  # never fewer than one
     assert device.choose_threads(deterministic=True)[0] == 4  # reruns must match bit for bit
+
+
+def test_busy_cores_sees_work_running_now():
+    """A real process spinning on one core counts as (about) one busy core, whatever the load
+    average says; the measurement lasts its interval, not the average's minute."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # started and spinning
+        busy, said = device.busy_cores(2, interval=0.2)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert 0.8 <= busy <= 2.0 and said == f"{busy:.1f} busy with other work"
 
 
 def test_run_header_says_threads_and_why(no_omp, tmp_path):

@@ -17,7 +17,7 @@ from cnnkit.data._registry import (DatasetInfo, get_dataset_info, list_datasets,
                                    register_path_format)
 from cnnkit.data.array_dataset import ArrayDataset, channel_stats, convert_dataset, resize_images
 from cnnkit.data.download import fetch, require_file, resolve_url
-from cnnkit.data.formats import read_cifar10, read_idx, read_idx_pair_cached
+from cnnkit.data.formats import read_cifar10, read_idx, read_idx_pair
 from cnnkit.data.imagefolder import load_imagefolder
 from cnnkit.data import mnist_det, mnist_seq
 from cnnkit.data.det_formats import read_oxford_pets, read_voc
@@ -634,9 +634,8 @@ def _obtain_idx(info: DatasetInfo, split: str, **fetch_options) -> tuple[Path, P
 
 
 def _read_idx(info: DatasetInfo, split: str, **fetch_options) -> tuple[torch.Tensor, torch.Tensor]:
-    """`split`'s images uint8 (N, 1, H, W) and labels int64 (N,), decoded once per file."""
-    paths = _obtain_idx(info, split, **fetch_options)  # MD5-verified
-    return read_idx_pair_cached(*paths, key=":".join(info.files[p.name] for p in paths))
+    """`split`'s images uint8 (N, 1, H, W) and labels int64 (N,) from its MD5-verified files."""
+    return read_idx_pair(*_obtain_idx(info, split, **fetch_options))
 
 
 @functools.lru_cache(maxsize=4)

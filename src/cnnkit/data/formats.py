@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnkit.utils import CnnkitError, atomic_path
+from cnnkit.utils import CnnkitError
 
 IDX_UBYTE = 0x08  # the IDX type code for unsigned bytes, the only one these data sets use
 CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -63,30 +63,6 @@ def read_idx_pair(images_path: Path, labels_path: Path, num_classes: int = 10
     if labels.size and labels.max() >= num_classes:
         raise CnnkitError(f"{labels_path} has label {labels.max()}, expected 0..{num_classes - 1}")
     return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
-
-
-def read_idx_pair_cached(images_path: Path, labels_path: Path, key: str,
-                         num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """`read_idx_pair`, through a decoded copy beside the images file (`<name>.uint8.pt`).
-
-    Inflating MNIST's 47 MB takes ~0.2 s, a twentieth of a whole training run; the copy loads
-    memory-mapped in milliseconds. `key` names the source files' content (their verified MD5s):
-    a copy made from other files is decoded again. A read-only folder just goes without it.
-    """
-    cache = Path(images_path).with_suffix(".uint8.pt")
-    try:
-        saved = torch.load(cache, mmap=True, weights_only=True)
-        if saved["key"] == key:
-            return saved["images"], saved["labels"]
-    except Exception:  # noqa: BLE001 - absent, old or damaged: decode the source again
-        pass
-    images, labels = read_idx_pair(images_path, labels_path, num_classes)
-    try:
-        with atomic_path(cache) as tmp:
-            torch.save({"key": key, "images": images, "labels": labels}, tmp)
-    except OSError:  # read-only data folder (e.g. a shared one): no copy, same result
-        pass
-    return images, labels
 
 
 # --- CIFAR-10 ---

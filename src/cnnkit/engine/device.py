@@ -8,6 +8,7 @@ support), fp16 on older GPUs (with a GradScaler in the run engine), and fp32 els
 from __future__ import annotations
 
 import os
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -62,10 +63,11 @@ def choose_threads(requested: int = 0, *, training: bool = True, work_macs: int 
     their cores. So:
       1. `--threads N` (requested > 0), or $OMP_NUM_THREADS when set, wins;
       2. inference of fewer than SMALL_INFERENCE_MACS multiply-adds per call: 1 thread;
-      3. otherwise the physical cores not already busy: cores − the 1-minute load average,
-         rounded, at least 1 — all of them on an idle machine (where more threads do pay off
-         for real work), fewer when other processes already run. `deterministic` runs skip the
-         load term, so that a rerun uses the same threads and computes bit-identically.
+      3. otherwise the physical cores not already busy: cores − `busy_cores()` (the other work
+         running now), rounded, at least 1 — all of them on an idle machine (where more threads
+         do pay off for real work), fewer when other processes already run. `deterministic`
+         runs skip the busy term, so that a rerun uses the same threads and computes
+         bit-identically.
     """
     if requested > 0:
         return requested, "--threads"
@@ -75,14 +77,37 @@ def choose_threads(requested: int = 0, *, training: bool = True, work_macs: int 
     if not training and work_macs is not None and work_macs < SMALL_INFERENCE_MACS:
         return 1, (f"{work_macs / 1e6:.1f} M multiply-adds per call: too little work to split "
                    f"across threads")
-    if deterministic or not hasattr(os, "getloadavg"):
+    if deterministic:
         return cores, f"{cores} physical core{'s' * (cores != 1)}"
-    load = os.getloadavg()[0]
-    free = max(1, min(cores, round(cores - load)))
+    busy, said = busy_cores(cores)
+    free = max(1, min(cores, round(cores - busy)))
     if free == cores:
-        return cores, f"{cores} physical core{'s' * (cores != 1)}, load average {load:.1f}"
-    return free, (f"{cores} physical cores, load average {load:.1f}: threads waiting on busy "
-                  f"cores are slower than fewer; --threads or $OMP_NUM_THREADS overrides")
+        return cores, f"{cores} physical core{'s' * (cores != 1)}, {said}"
+    return free, (f"{cores} physical cores, {said}: threads waiting on busy cores are slower "
+                  f"than fewer; --threads or $OMP_NUM_THREADS overrides")
+
+
+def busy_cores(cores: int, interval: float = 0.05) -> tuple[float, str]:
+    """(how many of `cores` other work keeps busy now, that number in words).
+
+    Linux: the machine's non-idle share of CPU time over `interval` seconds (/proc/stat, read
+    twice; this process sleeps meanwhile), times `cores`. Not the load average: its 1-minute
+    decay still counts, a minute later, a job that has just ended (a training run started right
+    after another got one thread of two, at half speed). Elsewhere: the 1-minute load average.
+    """
+    def cpu_times() -> tuple[int, int]:  # (all jiffies, idle + iowait jiffies)
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values[:8]), values[3] + values[4]  # user..steal; guests are inside user
+    try:
+        total0, idle0 = cpu_times()
+        time.sleep(interval)
+        total1, idle1 = cpu_times()
+    except (OSError, ValueError, IndexError):
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        return load, f"load average {load:.1f}"
+    busy = cores * (1 - (idle1 - idle0) / max(1, total1 - total0))
+    return busy, f"{busy:.1f} busy with other work"
 
 
 def set_threads(requested: int = 0, **kwargs) -> str:
