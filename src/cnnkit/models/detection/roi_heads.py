@@ -255,10 +255,12 @@ class RoIHeads(nn.Module):
                       for b, lab, s in zip(boxes, labels, scores)]
             branch_boxes = [r["boxes"] for r in result]
         if self.has_mask():
-            mask_boxes, mask_idxs = branch_boxes, pos_matched_idxs if self.training else None
-            if self.training and self.mask_rois_per_image is not None:
-                mask_boxes, mask_idxs = _random_subsets(branch_boxes, pos_matched_idxs,
-                                                        self.mask_rois_per_image)
+            mask_boxes = branch_boxes
+            if self.training:
+                mask_idxs = pos_matched_idxs
+                if self.mask_rois_per_image is not None:
+                    mask_boxes, mask_idxs = _random_subsets(branch_boxes, pos_matched_idxs,
+                                                            self.mask_rois_per_image)
             mask_logits = self.mask_predictor(self.mask_head(
                 self.mask_roi_pool(features, mask_boxes, image_shapes)))
             if self.training:
