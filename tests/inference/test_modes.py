@@ -110,13 +110,20 @@ def test_measure_and_compare_modes_give_throughputs(trained):
     assert all(r.images_per_s > 0 and r.compile_seconds is None for r in results)
 
 
-def test_compile_mode_matches_its_eager_base(trained):
+def test_compile_mode_matches_its_eager_base_with_frozen_prepacked_weights(trained):
+    import torch._inductor.config as inductor_config
+    from torch._dynamo.utils import counters
+
     _, model, images = trained
-    try:
-        runner = prepare(model, "compile", example=images[:16], compile_base="channels_last")
+    counters.clear()
+    try:  # a cached graph would skip the passes whose work is counted
+        with inductor_config.patch(fx_graph_cache=False):
+            runner = prepare(model, "compile", example=images[:16], compile_base="channels_last")
     except CnnkitError as exc:  # no C++ toolchain: the benchmark reports the same skip
         pytest.skip(str(exc))
     assert runner.mode == "compile(channels_last)" and runner.compile_seconds > 0
+    # Freezing ran: both of LeNet's convolutions were prepacked for oneDNN.
+    assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] == 2
     torch.testing.assert_close(runner(images[:16]), model(images[:16]).detach(),
                                atol=1e-4, rtol=1e-4)
     # 360 images in batches of 16: the last, partial batch is padded, not recompiled.
