@@ -25,6 +25,17 @@ def test_paper_layout_has_six_stages_and_a_vgg19_trunk():
     assert model.field_stages[1][0].conv.kernel_size == (7, 7)
 
 
+def test_batchnorm_follows_every_hidden_conv_of_the_cpu_variant_and_none_of_the_paper_layout():
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in openpose_vgg19().modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in openpose_small(norm=None).modules())
+    model = openpose_small()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    outputs = len(model.field_stages) + len(model.map_stages)  # each branch's last 1×1
+    assert len(norms) == len(convs) - outputs
+    assert model.field_stages[0][-2].bn.num_features == model.field_stages[0][-1].in_channels
+
+
 def test_every_parameter_learns_from_the_stage_losses():
     model = openpose_small()
     fields, maps = model(torch.randn(1, 3, 32, 32))
