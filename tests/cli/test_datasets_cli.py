@@ -23,3 +23,5 @@ def test_lists_every_registered_data_set_with_counts_and_recipe():
     assert "recipe: 30 epochs, batch 32, shift ±2 px" in proc.stdout  # digits
     # mnist: one epoch in the singular, no shift (not worded), lr and label smoothing worded
     assert "recipe: 1 epoch, batch 128, lr 0.006, label smoothing 0.1\n" in proc.stdout
+    assert ("recipe: 200 epochs, batch 8, crops 176 px, scale up to ×1.25, loss ce+dice, "
+            "balanced class weights\n") in proc.stdout  # camvid

@@ -14,7 +14,8 @@ from cnnkit.data._registry import DatasetInfo, register_dataset
 # The training recipes TrainConfig takes its defaults from (train/config.py's RECIPES before the
 # registry held them); imagefolder has the default one.
 RECIPES = {
-    "camvid": dict(epochs=60, batch_size=8, crop_size=176),
+    "camvid": dict(epochs=200, batch_size=8, crop_size=176, max_scale=1.25, seg_loss="ce+dice",
+                   class_weights="balanced"),
     "cifar10": dict(epochs=30, batch_size=128, translate=0),
     "detfolder": dict(epochs=20, batch_size=4, max_scale=1.25),
     "digits": dict(epochs=30, batch_size=32, translate=2),
@@ -30,7 +31,8 @@ RECIPES = {
     "mnist-det": dict(epochs=6, batch_size=4),
     "oxford-pets-det": dict(epochs=20, batch_size=8, max_scale=1.25),
     "raccoon": dict(epochs=30, batch_size=4, max_scale=1.25),
-    "oxford-pets-seg": dict(epochs=40, batch_size=16, crop_size=128),
+    "oxford-pets-seg": dict(epochs=250, batch_size=16, crop_size=128, max_scale=1.25,
+                            seg_loss="ce+dice"),
     "segfolder": dict(epochs=30, batch_size=8),
     "unpaired-domains": dict(epochs=6, batch_size=64, translate=4, image_size=64),
 }

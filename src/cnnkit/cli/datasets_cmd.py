@@ -24,7 +24,9 @@ def run(args) -> int:
 
 # How `recipe_summary` words each recipe key; any other key prints as key=value.
 _RECIPE_WORDS = {"batch_size": "batch {}", "translate": "shift ±{} px",
-                 "lr": "lr {:g}", "label_smoothing": "label smoothing {:g}"}
+                 "lr": "lr {:g}", "label_smoothing": "label smoothing {:g}",
+                 "crop_size": "crops {} px", "max_scale": "scale up to ×{:g}",
+                 "seg_loss": "loss {}", "class_weights": "{} class weights"}
 
 
 def recipe_summary(recipe: dict) -> str:

@@ -46,7 +46,7 @@ class ConfigBase:
         for f in fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
-            if choices and value not in choices:
+            if choices and value is not None and value not in choices:  # None: recipe decides
                 raise suggest(value, choices, f.name.replace("_", "-"))
 
     def validate(self):

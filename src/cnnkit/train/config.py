@@ -64,8 +64,8 @@ class TrainConfig(RunConfig):
     elastic: bool | None = config_field(None, "random elastic deformation of images and masks (U-Net paper §3.1; default: recipe, else off)")
     vflip: bool | None = config_field(None, "random vertical flips too (microscopy; default: recipe, else off)")
     max_scale: float | None = config_field(None, "random scale in [1/s, s] before cropping (default: recipe, else 1: off)")
-    seg_loss: str = config_field("ce", "cross-entropy, soft Dice, or their sum", ("ce", "dice", "ce+dice"))
-    class_weights: str = config_field("none", "cross-entropy class weights: none, or balanced (median frequency)", ("none", "balanced"))
+    seg_loss: str | None = config_field(None, "cross-entropy, soft Dice, or their sum (default: recipe, else ce)", ("ce", "dice", "ce+dice"))
+    class_weights: str | None = config_field(None, "cross-entropy class weights: none, or balanced (median frequency; default: recipe, else none)", ("none", "balanced"))
     border_weight: bool = config_field(False, "two classes: the U-Net paper's weight map (w0 = 10, σ = 5 px) on borders between touching objects")
     # --- detection (data sets of boxes, masks, keypoints) ---
     skip_bad: bool = config_field(False, "detection data: skip bad annotations and unreadable images (each reported in one line) instead of stopping at the first")
@@ -146,7 +146,8 @@ class TrainConfig(RunConfig):
             from cnnkit.models._weights import checkpoint_image_size  # noqa: PLC0415
             self.image_size = checkpoint_image_size(self.init_weights)  # None: not recorded
         for key, fallback in (("elastic", False), ("vflip", False), ("max_scale", 1.0),
-                              ("lr", 3e-3), ("label_smoothing", 0.0)):
+                              ("lr", 3e-3), ("label_smoothing", 0.0), ("seg_loss", "ce"),
+                              ("class_weights", "none")):
             if getattr(self, key) is None:  # no recipe value either
                 setattr(self, key, fallback)
         if self.monitor == "auto":
