@@ -18,6 +18,7 @@ import os
 import platform
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,10 +30,13 @@ from cnnkit.inference.modes import (EAGER_MODES, MODES, agreement, choose_mode, 
                                     format_table, photo_images)
 
 
+CIFAR10_TEST = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpg" / "test.zip"
+
+
 def resnet50_modes(args) -> None:
     torch.manual_seed(0)
     model = create_model("resnet50").eval()
-    photos = photo_images(max(args.images, 16), 3, 224, 224)
+    photos = photo_images(max(args.images, 16), 3, 224, 224, source=CIFAR10_TEST)
     batch = photos[0][:16].contiguous() if photos else torch.randn(16, 3, 224, 224)
     print(f"\n(a) resnet50, random weights, batch 16 × 3×224×224, {args.rounds} alternating "
           f"rounds × {args.iters} passes per mode, median")

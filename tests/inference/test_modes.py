@@ -130,6 +130,20 @@ def test_compile_mode_matches_its_eager_base_with_frozen_prepacked_weights(train
     assert agreement(model, runner, images) >= 0.995
 
 
+def test_two_compiled_models_of_one_shape_keep_their_own_frozen_weights():
+    # Frozen weights are constants of the compiled graph: a second model of the same class and
+    # shapes must get its own graph, not reuse the first one's (dynamo's cache is per class).
+    x = torch.randn(4, 1, 28, 28)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model("lenet", num_classes=10, in_chans=1).eval()
+        try:
+            runner = prepare(model, "compile", example=x, compile_base="channels_last")
+        except CnnkitError as exc:
+            pytest.skip(str(exc))
+        torch.testing.assert_close(runner(x), model(x).detach(), atol=1e-4, rtol=1e-4)
+
+
 def test_checkpoint_test_images(trained, tmp_path):
     ckpt, _, images = trained
     got, what = checkpoint_test_images(ckpt, 64)

@@ -5,8 +5,9 @@ Modes (each a wrapper module; `forward(x)` takes a float32 NCHW batch, returns f
   channels_last  eager fp32, NHWC: oneDNN's preferred convolution layout on CPU
   bf16           eager under torch.autocast("cpu", bfloat16), NHWC: AMX tiles where the CPU has them
   compile        torch.compile of the fastest eager mode, with inductor's `freezing` (weights become
-                 constants, so oneDNN prepacks them once: without it a compiled ResNet-50 here is
-                 3× slower, measured). Compilation happens in `prepare` and is timed apart.
+                 constants: oneDNN prepacks them once and BatchNorm folds into the convolutions;
+                 batch 1 in compiled bf16 here, ResNet-50 23 → 17 ms, MobileNetV3-Large 9 → 6 ms
+                 a pass). Compilation happens in `prepare` and is timed apart.
 
 `choose_mode` picks the fastest eager mode whose top-1 predictions agree with fp32's on ≥ 99.5% of
 the given real images; `cnnkit eval` and `cnnkit predict` use it. Nothing is cached on disk.
