@@ -86,8 +86,8 @@ def time_against_onnxruntime(model: nn.Module, x: torch.Tensor, threads: int, ro
         pass_times(step, warmup)
     eager_ms = {m: statistics.median(pass_times(s, 3)) for m, s in steps.items()}
     notes = []
-    # Two bases: the eager ranking does not predict the compiled one (MobileNetV3 at batch 1:
-    # channels-last eager is slower than bf16, compiled it was faster in one run, slower in another).
+    # Two bases: three warm-up passes rank the eager modes unreliably (MobileNetV3 at batch 1 once
+    # compiled channels-last although bf16 was faster in the timed rounds, eager and compiled).
     for base in sorted(eager_ms, key=eager_ms.get)[:2] if use_compile else ():
         try:
             compiled = prepare(model, "compile", example=x, compile_base=base)

@@ -30,7 +30,8 @@ from cnnkit.inference.modes import (EAGER_MODES, MODES, agreement, choose_mode, 
                                     format_table, photo_images)
 
 
-CIFAR10_TEST = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpg" / "test.zip"
+CIFAR10_TEST = (Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar10-jpg"
+                / "test.zip")
 
 
 def resnet50_modes(args) -> None:
