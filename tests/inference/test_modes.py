@@ -6,8 +6,10 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 import torch
+import torch._inductor.config as inductor_config
 from PIL import Image
 from torch import nn
+from torch._dynamo.utils import counters
 
 from cnnkit.data import load_dataset
 from cnnkit.models import create_model
@@ -111,9 +113,6 @@ def test_measure_and_compare_modes_give_throughputs(trained):
 
 
 def test_compile_mode_matches_its_eager_base_with_frozen_prepacked_weights(trained):
-    import torch._inductor.config as inductor_config
-    from torch._dynamo.utils import counters
-
     _, model, images = trained
     counters.clear()
     try:  # a cached graph would skip the passes whose work is counted

@@ -34,6 +34,8 @@ def test_batchnorm_follows_every_hidden_conv_of_the_cpu_variant_and_none_of_the_
     outputs = len(model.field_stages) + len(model.map_stages)  # each branch's last 1×1
     assert len(norms) == len(convs) - outputs
     assert model.field_stages[0][-2].bn.num_features == model.field_stages[0][-1].in_channels
+    with pytest.raises(CnnkitError, match="norm 'groupnorm': use batchnorm"):
+        openpose_small(norm="groupnorm")  # the VGG trunk would silently have none
 
 
 def test_every_parameter_learns_from_the_stage_losses():

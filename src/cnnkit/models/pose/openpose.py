@@ -26,6 +26,7 @@ from cnnkit.layers.init import init_cnn_
 from cnnkit.models._registry import register_model
 from cnnkit.models.vgg import _CFGS, make_features
 from cnnkit.ops.paf import check_skeleton
+from cnnkit.utils import CnnkitError
 
 
 def _branch(in_channels: int, out_channels: int, width: int, kernel: int, depth: int,
@@ -50,6 +51,8 @@ class OpenPose(nn.Module):
                  first_depth: int = 3, first_hidden: int = 512, refine_kernel: int = 7,
                  refine_depth: int = 5, norm: str | None = None, in_chans: int = 3):
         super().__init__()
+        if norm not in (None, "batchnorm"):  # the VGG trunk has BatchNorm or nothing
+            raise CnnkitError(f"OpenPose norm '{norm}': use batchnorm, or None for plain convs")
         self.limbs = [tuple(limb) for limb in (SKELETON if limbs is None else limbs)]
         check_skeleton(self.limbs, num_joints)
         self.num_joints = num_joints
