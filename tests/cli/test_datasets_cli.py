@@ -25,3 +25,5 @@ def test_lists_every_registered_data_set_with_counts_and_recipe():
     assert "recipe: 1 epoch, batch 128, lr 0.006, label smoothing 0.1\n" in proc.stdout
     assert ("recipe: 200 epochs, batch 8, crops 176 px, scale up to ×1.25, loss ce+dice, "
             "balanced class weights\n") in proc.stdout  # camvid
+    assert ("recipe: 800 epochs, batch 4, crops 256 px, elastic deformation, vertical flips, "
+            "border weights\n") in proc.stdout  # isbi2012: the options that are on, in words

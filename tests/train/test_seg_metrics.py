@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, jaccard_score
 
-from cnnkit.train.seg_metrics import SegmentationScores, isbi_challenge_scores, isbi_scores
+from cnnkit.train.seg_metrics import (SegmentationScores, isbi_challenge_scores,
+                                      isbi_label_scores, isbi_scores, watershed_cells)
 from tests.conftest import DATASETS
 
 K = 5
@@ -139,3 +140,42 @@ def test_isbi_challenge_scores_take_the_best_threshold(slice_mask):
     assert scores["threshold_max"] in (0.1, 0.2, 0.3)  # 0.05 < t < 0.35: the true membranes
     assert scores["rand_f_max"] == pytest.approx(1.0, abs=1e-12)
     assert scores["vi_max"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_watershed_closes_a_gap_that_thresholding_merges_through():
+    """Two cells behind a membrane with a 4-px gap of uncertain pixels: P > 0.5 joins them into
+    one segment; the seeded watershed floods each from its own seed and draws the line."""
+    truth = np.zeros((40, 60), dtype=np.int64)
+    truth[5:35, 5:29] = 1
+    truth[5:35, 30:55] = 1
+    probability = np.where(truth == 1, 0.97, 0.03)
+    probability[18:22, 29] = 0.6  # the gap
+    assert isbi_scores((probability > 0.5).astype(np.int64), truth)["rand_f"] < 0.8
+    cells = watershed_cells(torch.from_numpy(probability))
+    assert cells.shape == truth.shape and cells[20, 10] != cells[20, 40]
+    assert 0 not in (cells[20, 10], cells[20, 40])
+    assert isbi_label_scores(cells, truth)["rand_f"] > 0.99
+
+
+def test_watershed_thins_thick_membranes_on_a_real_slice(slice_mask):
+    membrane = slice_mask == 0
+    from scipy.ndimage import binary_dilation
+    halo = binary_dilation(membrane, iterations=2) & ~membrane
+    probability = np.where(membrane, 0.05, np.where(halo, 0.35, 0.97))
+    thresholded = isbi_scores((probability > 0.5).astype(np.int64), slice_mask)["rand_f"]
+    flooded = isbi_label_scores(watershed_cells(probability), slice_mask)["rand_f"]
+    assert thresholded < 0.95 < 0.98 < flooded
+    scores = isbi_challenge_scores(probability, slice_mask)  # reported beside the thresholds'
+    assert scores["rand_f_watershed"] == pytest.approx(flooded)
+    assert scores["vi_watershed"] < scores["vi"]
+
+
+def test_watershed_seeds_too_small_or_missing():
+    probability = np.full((30, 30), 0.2)
+    assert not watershed_cells(probability).any()  # no seed: everything is membrane
+    probability[2:4, 2:4] = 0.99  # a 4-pixel seed: dropped at min_seed_pixels=10
+    probability[10:25, 10:25] = 0.99
+    cells = watershed_cells(np.stack([probability, probability]))
+    assert cells.shape == (2, 30, 30) and len(np.unique(cells[0])) <= 2  # one cell (+ lines)
+    assert len(np.unique(watershed_cells(probability, min_seed_pixels=1))) >= 2
+    assert cells[0, 3, 3] == cells[0, 15, 15]  # the small seed's pixels joined the big cell

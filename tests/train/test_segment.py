@@ -24,12 +24,13 @@ def seg_run(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr
     assert "test mIoU:" in proc.stdout and "ISBI scores: rand_f" in proc.stdout
     assert "rand_f_max" in proc.stdout and "threshold_max" in proc.stdout
+    assert "rand_f_watershed" in proc.stdout  # the post-processed segmentation's, told apart
     return out / "unet"
 
 
 def test_run_folder_figures_and_scores(seg_run):
     for name in ("config.yaml", "metrics.csv", "last.pt", "best.pt", "overlays.png",
-                 "class_iou.png"):
+                 "class_iou.png", "cells.png"):  # cells.png: ISBI's cells, thresholded and flooded
         assert (seg_run / name).is_file(), name
     saved = yaml.safe_load((seg_run / "config.yaml").read_text())
     assert saved["monitor"] == "val_miou" and saved["elastic"] and saved["border_weight"]

@@ -26,7 +26,9 @@ def run(args) -> int:
 _RECIPE_WORDS = {"batch_size": "batch {}", "translate": "shift ±{} px",
                  "lr": "lr {:g}", "label_smoothing": "label smoothing {:g}",
                  "crop_size": "crops {} px", "max_scale": "scale up to ×{:g}",
-                 "seg_loss": "loss {}", "class_weights": "{} class weights"}
+                 "seg_loss": "loss {}", "class_weights": "{} class weights",
+                 "elastic": "elastic deformation", "vflip": "vertical flips",
+                 "border_weight": "border weights"}
 
 
 def recipe_summary(recipe: dict) -> str:
@@ -34,4 +36,5 @@ def recipe_summary(recipe: dict) -> str:
     return ", ".join(f"{value} epoch{'s' * (value != 1)}" if key == "epochs" else
                      _RECIPE_WORDS.get(key, key + "={}").format(value)
                      for key, value in recipe.items()
-                     if not (key == "translate" and not value))  # no shift: not worth a word
+                     # no shift, an option off: not worth a word
+                     if not (key == "translate" and not value) and value is not False)

@@ -101,8 +101,8 @@ def evaluate_dataset(loaded, dataset: str, split: str, data_dir):
     if len(data.classes) != len(loaded.classes):
         raise CnnkitError(f"{loaded.path} predicts {len(loaded.classes)} classes but {dataset} "
                           f"has {len(data.classes)}")
-    predictions, challenge = predict_and_challenge(loaded.model, data, dataset, loaded.mean,
-                                                   loaded.std)
+    predictions, challenge, _ = predict_and_challenge(loaded.model, data, dataset, loaded.mean,
+                                                      loaded.std)
     scores = SegmentationScores(len(data.classes), ignore_index=data.ignore_index)
     scores.update(predictions, data.masks)
     return scores, challenge, len(data)
@@ -110,13 +110,14 @@ def evaluate_dataset(loaded, dataset: str, split: str, data_dir):
 
 def predict_and_challenge(model: nn.Module, data, dataset: str, mean: Sequence[float],
                           std: Sequence[float], *, precision: str = "fp32"
-                          ) -> tuple[torch.Tensor, dict | None]:
+                          ) -> tuple[torch.Tensor, dict | None, torch.Tensor | None]:
     """Class-index masks (N, H, W) of a data set's whole images and, for ISBI 2012 (cells:
-    class 1), the challenge's scores of the cell probabilities (`isbi_challenge_scores`), else
-    None."""
+    class 1), the challenge's scores of the cell probabilities (`isbi_challenge_scores`) and
+    those probabilities (N, H, W); else None and None."""
     if dataset != "isbi2012" or len(data.classes) != 2:
-        return predict_masks(model, data.images, mean, std, precision=precision), None
+        return predict_masks(model, data.images, mean, std, precision=precision), None, None
     from cnnkit.train.seg_metrics import isbi_challenge_scores  # noqa: PLC0415
     probabilities = predict_probabilities(model, data.images, mean, std,
                                           precision=precision)  # (N, 2, H, W)
-    return probabilities.argmax(1), isbi_challenge_scores(probabilities[:, 1], data.masks)
+    return (probabilities.argmax(1), isbi_challenge_scores(probabilities[:, 1], data.masks),
+            probabilities[:, 1])

@@ -66,7 +66,7 @@ class TrainConfig(RunConfig):
     max_scale: float | None = config_field(None, "random scale in [1/s, s] before cropping (default: recipe, else 1: off)")
     seg_loss: str | None = config_field(None, "cross-entropy, soft Dice, or their sum (default: recipe, else ce)", ("ce", "dice", "ce+dice"))
     class_weights: str | None = config_field(None, "cross-entropy class weights: none, or balanced (median frequency; default: recipe, else none)", ("none", "balanced"))
-    border_weight: bool = config_field(False, "two classes: the U-Net paper's weight map (w0 = 10, σ = 5 px) on borders between touching objects")
+    border_weight: bool | None = config_field(None, "two classes: the U-Net paper's weight map (w0 = 10, σ = 5 px) on borders between touching objects (default: recipe, else off)")
     # --- detection (data sets of boxes, masks, keypoints) ---
     skip_bad: bool = config_field(False, "detection data: skip bad annotations and unreadable images (each reported in one line) instead of stopping at the first")
     mosaic: bool | None = config_field(None, "detection: YOLO's 4-image mosaic with random scale/translate, and HSV jitter (default: on for YOLOv8 models)")
@@ -145,7 +145,8 @@ class TrainConfig(RunConfig):
         if self.image_size is None and self.init_weights and not self.resume:
             from cnnkit.models._weights import checkpoint_image_size  # noqa: PLC0415
             self.image_size = checkpoint_image_size(self.init_weights)  # None: not recorded
-        for key, fallback in (("elastic", False), ("vflip", False), ("max_scale", 1.0),
+        for key, fallback in (("elastic", False), ("vflip", False), ("border_weight", False),
+                              ("max_scale", 1.0),
                               ("lr", 3e-3), ("label_smoothing", 0.0), ("seg_loss", "ce"),
                               ("class_weights", "none")):
             if getattr(self, key) is None:  # no recipe value either

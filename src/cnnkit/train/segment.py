@@ -114,13 +114,12 @@ def _train(run: Run, config: TrainConfig, log) -> SegmentResult:
                       monitor=("val_miou", "max") if val_set is not None else ("train_loss", "min"))
     run.finish()
 
-    predictions, challenge = predict_and_challenge(model, test_set, config.dataset,
-                                                   test_set.mean, test_set.std,
-                                                   precision=run.precision)
+    predictions, challenge, cell_probability = predict_and_challenge(
+        model, test_set, config.dataset, test_set.mean, test_set.std, precision=run.precision)
     test = SegmentationScores(len(classes), ignore_index=test_set.ignore_index)
     test.update(predictions, test_set.masks)
     if env.is_main:
-        _write_figures(run.dir, test_set, predictions, test, classes)
+        _write_figures(run.dir, test_set, predictions, test, classes, cell_probability)
     log(f"test ({len(test_set)} images, whole): pixel accuracy {test.pixel_accuracy:.4f}  "
         f"mIoU {test.miou:.4f}  Dice {test.mean_dice:.4f}")
     log(test.table(classes))
@@ -196,8 +195,11 @@ def evaluate_segmentation(model: nn.Module, ds: SegmentationDataset, run: Run, *
 # --- figures ---
 
 def _write_figures(run_dir: Path, ds: SegmentationDataset, predictions: torch.Tensor,
-                   scores: SegmentationScores, classes: list[str]) -> None:
-    from cnnkit.viz.segmentation import plot_class_iou, plot_overlays  # noqa: PLC0415
+                   scores: SegmentationScores, classes: list[str],
+                   cell_probability: torch.Tensor | None = None) -> None:
+    from cnnkit.viz.segmentation import plot_cells, plot_class_iou, plot_overlays  # noqa: PLC0415
+    if cell_probability is not None:  # ISBI: the cells as the challenge counts them
+        plot_cells(ds.images[:2], ds.masks[:2], cell_probability[:2], run_dir / "cells.png")
     shown = np.linspace(0, len(ds) - 1, min(6, len(ds))).round().astype(int)
     plot_overlays(ds.images[shown], ds.masks[shown], predictions[shown], classes,
                   run_dir / "overlays.png", ignore_index=ds.ignore_index,
