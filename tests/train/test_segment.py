@@ -63,6 +63,23 @@ def test_predict_writes_a_mask_and_an_overlay_at_the_image_size(seg_run, tmp_pat
     assert np.asarray(Image.open(tmp_path / "odd_mask.png")).shape == (157, 301)
 
 
+def test_predict_cells_writes_the_watershed_labeling(seg_run, tmp_path):
+    """`--cells`: a 16-bit labeling equal to the seeded watershed of the model's own map."""
+    from cnnkit.inference.load import load_model
+    from cnnkit.inference.segment import predict_probabilities
+    from cnnkit.train.seg_metrics import watershed_cells
+    image = ISBI / "train" / "image" / "27.png"
+    proc = cnnkit("predict", seg_run, image, "--cells", "--out-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "27_cells.png" in proc.stdout
+    written = np.asarray(Image.open(tmp_path / "27_cells.png"))
+    assert written.shape == (512, 512) and written.dtype == np.uint16
+    loaded = load_model(seg_run, task="segment")
+    pixels = torch.from_numpy(np.asarray(Image.open(image)).copy())[None, None]  # (1, 1, H, W)
+    probability = predict_probabilities(loaded.model, pixels, loaded.mean, loaded.std)
+    assert np.array_equal(written, watershed_cells(probability[0, 1]))
+
+
 def test_export_onnx_matches_pytorch(seg_run, tmp_path):
     proc = cnnkit("export", seg_run, "-o", tmp_path / "unet.onnx", "--check-images", "2")
     assert proc.returncode == 0, proc.stderr

@@ -28,6 +28,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("."),
                         help="segmentation: where <image>_mask.png and <image>_overlay.png go; "
                              "detection: <image>_detections.png (default: the current folder)")
+    parser.add_argument("--cells", action="store_true",
+                        help="two-class segmentation (membrane, cell): also write "
+                             "<image>_cells.png, a 16-bit labeling of the cells by a seeded "
+                             "watershed of the cell probability (0: one-pixel membrane lines)")
     parser.add_argument("--model", default=None,
                         help="detection: CHECKPOINT is a plain state_dict of this registered "
                              "detector, e.g. torchvision's COCO weights for "
@@ -108,10 +112,11 @@ def _readable(paths: list[Path]) -> list[Path]:
 def _segmentation(args, loaded, paths: list[Path]) -> int:
     """A mask PNG (class index per pixel) and an overlay PNG per image, at its own size."""
     from cnnkit.inference.segment import segment_files  # noqa: PLC0415
-    for path, (mask, over, fractions) in zip(paths, segment_files(loaded, paths, args.out_dir)):
+    written = segment_files(loaded, paths, args.out_dir, cells=args.cells)
+    for path, (mask, over, fractions, cells) in zip(paths, written):
         shares = ", ".join(f"{name} {100 * f:.1f}%" for name, f in
                            zip(loaded.classes, fractions.tolist()) if f > 0)
-        print(f"{path}: {mask}, {over} ({shares})")
+        print(f"{path}: {mask}, {over}{f', {cells}' if cells else ''} ({shares})")
     return 0 if len(paths) == len(args.images) else 2
 
 

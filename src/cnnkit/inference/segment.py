@@ -67,26 +67,49 @@ def write_mask(mask: torch.Tensor, path) -> None:
         Image.fromarray(mask.to(torch.uint8).numpy(), mode="L").save(tmp, format="PNG")
 
 
-def segment_files(loaded, paths, out_dir) -> list[tuple]:
+def write_cells(cells, path) -> None:
+    """An instance labeling as a 16-bit PNG (pixel value: the cell; 0: membrane), atomically."""
+    import numpy as np  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+    from cnnkit.utils import CnnkitError, atomic_path  # noqa: PLC0415
+    if cells.max() > np.iinfo(np.uint16).max:
+        raise CnnkitError(f"{path}: {cells.max()} cells do not fit a 16-bit PNG")
+    with atomic_path(path) as tmp:
+        Image.fromarray(cells.astype(np.uint16)).save(tmp, format="PNG")
+
+
+def segment_files(loaded, paths, out_dir, *, cells: bool = False) -> list[tuple]:
     """Segment image files of any size with a loaded segmentation checkpoint; write
-    `<stem>_mask.png` (class index per pixel) and `<stem>_overlay.png` into `out_dir`.
+    `<stem>_mask.png` (class index per pixel) and `<stem>_overlay.png` into `out_dir`, and with
+    `cells` (two-class models: class 1 the cells) `<stem>_cells.png`, the seeded watershed's
+    instance labeling (`train.seg_metrics.watershed_cells`).
     Every file is decoded first, so a bad one stops the command before any output.
-    Returns (mask path, overlay path, per-class pixel fractions) per file."""
+    Returns (mask path, overlay path, per-class pixel fractions, cells path or None) per file."""
     from pathlib import Path  # noqa: PLC0415
 
     from cnnkit.data.imagefolder import decode_image  # noqa: PLC0415
+    from cnnkit.train.seg_metrics import watershed_cells  # noqa: PLC0415
+    from cnnkit.utils import CnnkitError  # noqa: PLC0415
     from cnnkit.viz.segmentation import overlay, save_rgb  # noqa: PLC0415
+    if cells and len(loaded.classes) != 2:
+        raise CnnkitError(f"--cells needs a two-class (membrane, cell) model; {loaded.path} has "
+                          f"{len(loaded.classes)} classes")
     images = [decode_image(p, loaded.image_shape[0]) for p in paths]  # (C, H, W) uint8 each
     out_dir = Path(out_dir)
     results = []
     for path, image in zip(paths, images):
-        mask = predict_masks(loaded.model, image[None], loaded.mean, loaded.std)[0]  # (H, W)
+        probability = predict_probabilities(loaded.model, image[None], loaded.mean,
+                                            loaded.std)[0]  # (K, H, W)
+        mask = probability.argmax(0)  # (H, W)
         stem = Path(path).stem
         mask_path, overlay_path = out_dir / f"{stem}_mask.png", out_dir / f"{stem}_overlay.png"
         write_mask(mask, mask_path)
         save_rgb(overlay(image, mask, len(loaded.classes)), overlay_path)
+        cells_path = out_dir / f"{stem}_cells.png" if cells else None
+        if cells:
+            write_cells(watershed_cells(probability[1]), cells_path)
         fractions = torch.bincount(mask.flatten(), minlength=len(loaded.classes)) / mask.numel()
-        results.append((mask_path, overlay_path, fractions))
+        results.append((mask_path, overlay_path, fractions, cells_path))
     return results
 
 
