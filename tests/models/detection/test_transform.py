@@ -46,6 +46,27 @@ def test_targets_are_scaled_with_the_image_and_the_callers_dicts_untouched():
     assert all(torch.equal(target[k], original[k]) for k in original)
 
 
+@pytest.mark.parametrize("exact", [True, False])
+def test_exact_masks_stay_centred_on_the_resized_image(exact):
+    """A 5-pixel-wide band at columns c…c+5, resized ×0.4 (120 → 48, as a photo to the CPU
+    detectors' 128 px): its centre in continuous coordinates must move to (c + 2.5)·0.4, where
+    the bilinear image and the scaled boxes put it. torchvision's nearest samples each output
+    pixel's top-left source pixel — 0.4 output pixels off on average; nearest-exact its centre."""
+    t = _transform(min_size=48)
+    t.exact_masks = exact
+    errors = []
+    for column in range(0, 115):
+        masks = torch.zeros(1, 120, 120, dtype=torch.uint8)
+        masks[0, :, column:column + 5] = 1
+        target = {"boxes": torch.tensor([[column, 0., column + 5., 120.]]),
+                  "labels": torch.tensor([1]), "masks": masks}
+        _, (out,) = t.train()([torch.rand(3, 120, 120)], [target])
+        columns = out["masks"][0].nonzero()[:, 1].float() + 0.5  # pixel centres
+        errors.append(columns.mean().item() - (column + 2.5) * 0.4)
+    bias = sum(errors) / len(errors)
+    assert (abs(bias) < 0.05) if exact else (abs(bias) > 0.3)
+
+
 def test_empty_targets_resize():
     t = _transform().train()
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),

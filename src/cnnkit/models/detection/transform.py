@@ -58,7 +58,8 @@ def resize_keypoints(keypoints: torch.Tensor, original_size: Sequence[int],
 
 
 def _resize_image_and_masks(image: torch.Tensor, min_size: float, max_size: float,
-                            target: dict | None = None, fixed_size=None):
+                            target: dict | None = None, fixed_size=None, *,
+                            exact_masks: bool = False):
     if fixed_size is not None:  # (width, height), torchvision's order
         size, scale_factor, recompute = [fixed_size[1], fixed_size[0]], None, None
     else:
@@ -70,9 +71,13 @@ def _resize_image_and_masks(image: torch.Tensor, min_size: float, max_size: floa
     image = F.interpolate(image[None], size=size, scale_factor=scale_factor, mode="bilinear",
                           recompute_scale_factor=recompute, align_corners=False)[0]
     if target is not None and "masks" in target:
-        # nearest (interpolate's default): the masks stay 0/1
+        # nearest keeps the masks 0/1. torchvision's "nearest" takes source pixel floor(i / s),
+        # the first of each output pixel's footprint: shrinking 120 → 48 moves masks 0.4 output
+        # pixels off the pixel-centred bilinear image; "nearest-exact" (floor((i + ½) / s))
+        # stays centred (tested), so exact masks use it.
         target["masks"] = F.interpolate(target["masks"][:, None].float(), size=size,
                                         scale_factor=scale_factor,
+                                        mode="nearest-exact" if exact_masks else "nearest",
                                         recompute_scale_factor=recompute)[:, 0].byte()
     return image, target
 
@@ -139,7 +144,7 @@ class GeneralizedRCNNTransform(nn.Module):
         else:
             size = self.min_size[-1]
         image, target = _resize_image_and_masks(image, size, self.max_size, target,
-                                                self.fixed_size)
+                                                self.fixed_size, exact_masks=self.exact_masks)
         if target is None:
             return image, target
         target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
