@@ -181,7 +181,7 @@ def _stack_of_slices(pred, true) -> tuple[np.ndarray, np.ndarray]:
 
 def watershed_cells(cell_probability, *, seed_threshold: float = 0.9,
                     min_seed_pixels: int = 10) -> np.ndarray:
-    """Cells of a probability map as an instance labeling (N, H, W) (or (H, W)), int64, by a
+    """Cells of a probability map as an integer labeling (N, H, W) (or (H, W)), by a
     seeded watershed (Beucher & Meyer 1993; `skimage.segmentation.watershed`): the seeds are the
     4-connected components of P(cell) > `seed_threshold` of at least `min_seed_pixels` pixels,
     flooded over the membrane probability 1 − P(cell) and kept apart by one-pixel watershed lines
