@@ -51,6 +51,16 @@ def test_eval_prints_the_pck_table_and_multi_person_assembly(runs):
     assert "lsp-multi" in proc.stdout and "assembled correctly" in proc.stdout
 
 
+def test_eval_scale_search_is_for_bottom_up_models(runs):
+    proc = cnnkit("eval", runs / "openpose_small", "--limit", "2", "--scales", "0.75,1,1.25")
+    assert proc.returncode == 0, proc.stderr
+    assert "scales 0.75,1.0,1.25): PCK@0.2" in proc.stdout and "lsp-multi" in proc.stdout
+    assert_one_line_error(cnnkit("eval", runs / "pose_hrnet_w16_small", "--scales", "1,2"),
+                          "--scales is for bottom-up")
+    assert_one_line_error(cnnkit("eval", runs / "openpose_small", "--scales", "0,1"),
+                          "--scales", "'0,1'")
+
+
 @pytest.mark.parametrize("model", ["pose_hrnet_w16_small", "openpose_small"])
 def test_predict_draws_skeletons(runs, model, tmp_path):
     image = DATASETS / "lsp" / "images" / "im1500.jpg"

@@ -22,6 +22,18 @@ def add_arguments(parser) -> None:
                         help="detection and pose: judge only the first N images of the split")
     parser.add_argument("--coco-json", type=Path,
                         help="detection: also write the detections as COCO results JSON")
+    parser.add_argument("--scales", type=scale_list, default=(1.0,),
+                        help="bottom-up pose: the scale search, multiples of the training scale "
+                             "whose maps are averaged (e.g. 0.5,1,1.5,2 as OpenPose's authors "
+                             "evaluate); default 1")
+
+
+def scale_list(text: str) -> tuple[float, ...]:
+    """'0.5,1,1.5' → (0.5, 1.0, 1.5); argparse turns the ValueError into a one-line error."""
+    scales = tuple(float(part) for part in text.split(","))
+    if not scales or not all(0 < s <= 4 for s in scales):
+        raise ValueError(text)
+    return scales
 
 
 def run(args) -> int:
@@ -129,13 +141,19 @@ def _pose(args, loaded) -> int:
         raise CnnkitError(f"{loaded.path} predicts the joints {loaded.classes[:4]}..., "
                           f"{dataset} has {list(data.keypoint_names)[:4]}...")
     precision = "fp32" if args.precision == "auto" else args.precision
-    scores = evaluate_pose(loaded.model, data, loaded.spec, precision=precision, with_oks=True)
-    print(f"{loaded.name} on {dataset} {args.split} ({len(data)} images, {precision}): "
+    if args.scales != (1.0,) and not loaded.spec.get("bottom_up"):
+        raise CnnkitError("--scales is for bottom-up pose models (OpenPose); a top-down model "
+                          "sees each person's box at its own input size")
+    scales = {"scales": args.scales}
+    scores = evaluate_pose(loaded.model, data, loaded.spec, precision=precision, with_oks=True,
+                           **scales)
+    searched = "" if args.scales == (1.0,) else f", scales {','.join(map(str, args.scales))}"
+    print(f"{loaded.name} on {dataset} {args.split} ({len(data)} images, {precision}{searched}): "
           f"PCK@0.2 {scores['pck']:.4f}  OKS AP {scores['oks_ap']:.4f}  AP50 "
           f"{scores['oks_ap50']:.4f}")
     print(pck_table(scores["pck_per_joint"], data.keypoint_names))
     if loaded.spec.get("bottom_up"):
-        multi = evaluate_multi(loaded.model, data, precision=precision)
+        multi = evaluate_multi(loaded.model, data, precision=precision, **scales)
         print(f"lsp-multi ({multi['multi_people']} people on {multi['multi_canvases']} "
               f"canvases): assembled correctly {multi['assembly_accuracy']:.4f}, found "
               f"{multi['multi_found']:.4f}")

@@ -58,27 +58,63 @@ def predict_top_down(model: nn.Module, images: Sequence[torch.Tensor], boxes: to
 
 @torch.inference_mode()
 def predict_bottom_up(model: nn.Module, image: torch.Tensor, *, scale: float,
-                      precision: str = "fp32", min_joints: int = 4
+                      precision: str = "fp32", min_joints: int = 4,
+                      scales: Sequence[float] = (1.0,)
                       ) -> tuple[list[Person], torch.Tensor, torch.Tensor]:
     """The people in one uint8 image (3, H, W), joints in image pixels, best first; and the
-    last stage's confidence maps and fields (at stride 8 of the input) for figures."""
+    last stage's confidence maps and fields (at stride 8 of the input) for figures.
+
+    `scales` (multiples of `scale`) is the authors' scale search: the maps and fields of each
+    scale are resampled onto the grid of `scale` and averaged before parsing (Cao et al.'s
+    evaluation code searches 0.5, 1, 1.5 and 2)."""
     model.eval()
     device = next(model.parameters()).device
     size = bottom_up_size(*image.shape[-2:], scale)
-    matrix = crop_matrix(bottom_up_box(*image.shape[-2:], scale, size), size)
-    x = normalise_crops(warp_crop(image, matrix, size)[None]).to(device)
-    with autocast(precision, device.type):
-        fields, maps = model(x)
-    fields, maps = fields[-1, 0].float().cpu(), maps[-1, 0].float().cpu()
-    big = F.interpolate(torch.cat([maps, fields])[None], scale_factor=UPSAMPLE, mode="bicubic",
-                        align_corners=False)[0]
-    people = parse_people(big[:len(maps)], big[len(maps):], model.limbs, min_joints=min_joints)
+    grid = (size[0] // 8 * UPSAMPLE, size[1] // 8 * UPSAMPLE)
+    summed, shown = None, None
+    for factor in scales:
+        maps, fields = _bottom_up_pass(model, image, scale * factor, precision, device)
+        stacked = torch.cat([maps, fields])[None]
+        if factor == 1:
+            big = F.interpolate(stacked, size=grid, mode="bicubic", align_corners=False)[0]
+        else:
+            big = _resample(stacked, grid, scale, scale * factor)[0]
+        summed = big if summed is None else summed + big
+        if factor == 1 or shown is None:  # figures show the training scale's own maps
+            shown = maps, fields
+    big = summed / len(scales)
+    people = parse_people(big[:len(shown[0])], big[len(shown[0]):], model.limbs,
+                          min_joints=min_joints)
     # Upsampled cell u ↦ map cell (u + ½)/4 − ½ (align_corners=False) ↦ input pixel × 8 (the
     # targets put input pixel x at map x/8) ↦ image pixel / scale (the crop is a pure scale).
     for person in people:
         on_map = (person.joints[:, :2] + 0.5) / UPSAMPLE - 0.5
         person.joints[:, :2] = on_map * 8 / scale
-    return people, maps, fields
+    return people, *shown
+
+
+def _bottom_up_pass(model: nn.Module, image: torch.Tensor, scale: float, precision: str,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last stage's maps and fields (at stride 8) of the whole image at `scale`."""
+    size = bottom_up_size(*image.shape[-2:], scale)
+    matrix = crop_matrix(bottom_up_box(*image.shape[-2:], scale, size), size)
+    x = normalise_crops(warp_crop(image, matrix, size)[None]).to(device)
+    with autocast(precision, device.type):
+        fields, maps = model(x)
+    return maps[-1, 0].float().cpu(), fields[-1, 0].float().cpu()
+
+
+def _resample(stacked: torch.Tensor, grid: tuple[int, int], scale: float, other: float
+              ) -> torch.Tensor:
+    """Maps (1, C, h, w) computed at input scale `other` onto the upsampled grid of `scale`:
+    grid cell u is image pixel ((u + ½)/4 − ½)·8/scale, which is map cell (that)·other/8."""
+    cells = [((torch.arange(n, dtype=torch.float32) + 0.5) / UPSAMPLE - 0.5) * other / scale
+             for n in grid]
+    h, w = stacked.shape[-2:]
+    ys, xs = (2 * cells[0] / max(h - 1, 1) - 1), (2 * cells[1] / max(w - 1, 1) - 1)
+    sample = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
+    return F.grid_sample(stacked, sample, mode="bicubic", padding_mode="border",
+                         align_corners=True)
 
 
 @torch.inference_mode()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -160,15 +161,16 @@ def _input_size(config: TrainConfig, bottom_up: bool) -> tuple[int, int]:
 
 # --- evaluation ---
 
-def predict_joints(model: nn.Module, ds: PoseDataset, spec: dict, *, precision: str = "fp32"
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_joints(model: nn.Module, ds: PoseDataset, spec: dict, *, precision: str = "fp32",
+                   scales: Sequence[float] = (1.0,)) -> tuple[torch.Tensor, torch.Tensor]:
     """Joints (N, J, 2) in image pixels (NaN where a bottom-up parse found none) and a score
-    per image (the mean heatmap peak, or the person's parse score)."""
+    per image (the mean heatmap peak, or the person's parse score); `scales`: bottom-up's
+    scale search (inference/pose.py)."""
     if spec.get("bottom_up"):
         joints, scores = [], []
         for image in ds.images:
             people, _, _ = predict_bottom_up(model, image, scale=BOTTOM_UP_SCALE,
-                                             precision=precision)
+                                             precision=precision, scales=scales)
             joints.append(best_person(people, len(ds.keypoint_names)))
             scores.append(people[0].score if people else 0.0)
         return torch.stack(joints), torch.tensor(scores)
@@ -179,9 +181,9 @@ def predict_joints(model: nn.Module, ds: PoseDataset, spec: dict, *, precision: 
 
 
 def evaluate_pose(model: nn.Module, ds: PoseDataset, spec: dict, *, precision: str = "fp32",
-                  with_oks: bool = False, keep: bool = False):
+                  with_oks: bool = False, keep: bool = False, scales: Sequence[float] = (1.0,)):
     """PCK@0.2 (mean and per joint) of `model` on `ds`, and with `with_oks` the OKS AP."""
-    joints, scores = predict_joints(model, ds, spec, precision=precision)
+    joints, scores = predict_joints(model, ds, spec, precision=precision, scales=scales)
     per_joint, mean = pck(joints, ds.joints)
     out = {"pck": mean, "pck_per_joint": [float(v) for v in per_joint]}
     if with_oks:
@@ -195,7 +197,8 @@ def evaluate_pose(model: nn.Module, ds: PoseDataset, spec: dict, *, precision: s
 
 
 def evaluate_multi(model: nn.Module, ds: PoseDataset, *, canvases: int | None = None,
-                   seed: int = 0, precision: str = "fp32") -> dict:
+                   seed: int = 0, precision: str = "fp32", scales: Sequence[float] = (1.0,)
+                   ) -> dict:
     """Bottom-up on `lsp-multi`: canvases (default 100, fewer for a data set under 200 images)
     of 2–3 test images side by side (data/lsp.py). A
     person counts as found when some parsed skeleton has at least half of its found joints
@@ -206,7 +209,7 @@ def evaluate_multi(model: nn.Module, ds: PoseDataset, *, canvases: int | None = 
     people_total = found = correct = 0
     for canvas in lsp_multi(ds, count=canvases, seed=seed):
         parsed, _, _ = predict_bottom_up(model, canvas.image, scale=BOTTOM_UP_SCALE,
-                                         precision=precision)
+                                         precision=precision, scales=scales)
         for person, (truth, (left, right)) in enumerate(zip(canvas.joints, canvas.tiles)):
             people_total += 1
             torso = float(torch.linalg.vector_norm(truth[9] - truth[2]))
