@@ -144,16 +144,15 @@ def _pose(args, loaded) -> int:
     if args.scales != (1.0,) and not loaded.spec.get("bottom_up"):
         raise CnnkitError("--scales is for bottom-up pose models (OpenPose); a top-down model "
                           "sees each person's box at its own input size")
-    scales = {"scales": args.scales}
     scores = evaluate_pose(loaded.model, data, loaded.spec, precision=precision, with_oks=True,
-                           **scales)
+                           scales=args.scales)
     searched = "" if args.scales == (1.0,) else f", scales {','.join(map(str, args.scales))}"
     print(f"{loaded.name} on {dataset} {args.split} ({len(data)} images, {precision}{searched}): "
           f"PCK@0.2 {scores['pck']:.4f}  OKS AP {scores['oks_ap']:.4f}  AP50 "
           f"{scores['oks_ap50']:.4f}")
     print(pck_table(scores["pck_per_joint"], data.keypoint_names))
     if loaded.spec.get("bottom_up"):
-        multi = evaluate_multi(loaded.model, data, precision=precision, **scales)
+        multi = evaluate_multi(loaded.model, data, precision=precision, scales=args.scales)
         print(f"lsp-multi ({multi['multi_people']} people on {multi['multi_canvases']} "
               f"canvases): assembled correctly {multi['assembly_accuracy']:.4f}, found "
               f"{multi['multi_found']:.4f}")
