@@ -1,6 +1,7 @@
 """`cnnkit eval CHECKPOINT`: loss, top-1/top-5, per-class precision/recall/F1 on a data set;
 per-class IoU for segmentation; the COCO tables (pycocotools) for detection; PCK@0.2 per joint
 and OKS AP for pose."""
+import argparse
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,10 +30,14 @@ def add_arguments(parser) -> None:
 
 
 def scale_list(text: str) -> tuple[float, ...]:
-    """'0.5,1,1.5' → (0.5, 1.0, 1.5); argparse turns the ValueError into a one-line error."""
-    scales = tuple(float(part) for part in text.split(","))
+    """'0.5,1,1.5' → (0.5, 1.0, 1.5); a bad list becomes argparse's one-line error."""
+    try:
+        scales = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        scales = ()
     if not scales or not all(0 < s <= 4 for s in scales):
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"'{text}': give comma-separated multiples of the "
+                                         f"training scale in (0, 4], e.g. 0.75,1,1.25")
     return scales
 
 

@@ -75,7 +75,7 @@ def predict_bottom_up(model: nn.Module, image: torch.Tensor, *, scale: float,
     for factor in scales:
         maps, fields = _bottom_up_pass(model, image, scale * factor, precision, device)
         stacked = torch.cat([maps, fields])[None]
-        if factor == 1:
+        if factor == 1:  # the plain upsampling: single-scale results stay as they were
             big = F.interpolate(stacked, size=grid, mode="bicubic", align_corners=False)[0]
         else:
             big = _resample(stacked, grid, scale, scale * factor)[0]
