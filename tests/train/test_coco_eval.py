@@ -201,6 +201,33 @@ def test_hand_computed_ap50():
     assert len(scores.recall_thresholds) == 101
 
 
+def test_masks_are_ranked_by_their_mask_scores_boxes_by_theirs():
+    """Two detections of one object: the first has the sure class and a wrong mask, the second a
+    right mask. Ranked by class scores the wrong mask comes first (segm AP50 ½, as in
+    test_hand_computed_ap50); by mask_scores the right one does (1). Boxes keep `scores`."""
+    truth_mask = torch.zeros(1, 100, 100, dtype=torch.uint8)
+    truth_mask[0, 10:50, 10:50] = 1
+    target = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "labels": torch.tensor([1]),
+              "masks": truth_mask}
+    masks = torch.zeros(2, 1, 100, 100)
+    masks[0, 0, 60:90, 60:90] = 0.6  # the wrong place
+    masks[1, 0, 10:50, 10:50] = 0.9
+    prediction = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0], [12.0, 10.0, 50.0, 50.0]]),
+                  "labels": torch.tensor([1, 1]), "scores": torch.tensor([0.95, 0.9]),
+                  "masks": masks}
+    by_class = coco_evaluate([target], [(100, 100)], [prediction], ["box"],
+                             iou_types=("bbox", "segm"))
+    ranked = {**prediction, "mask_scores": torch.tensor([0.95 * 0.6, 0.9 * 0.9])}
+    by_mask = coco_evaluate([target], [(100, 100)], [ranked], ["box"], iou_types=("bbox", "segm"))
+    assert by_class.stats["segm"]["AP50"] == pytest.approx(0.5)
+    assert by_mask.stats["segm"]["AP50"] == pytest.approx(1.0)
+    assert by_mask.stats["bbox"] == by_class.stats["bbox"]
+    assert [r["score"] for r in predictions_to_coco([ranked], [1], iou_types=("segm",))] == \
+        pytest.approx([0.57, 0.81])
+    assert [r["score"] for r in predictions_to_coco([ranked], [1], iou_types=("bbox", "segm"))] \
+        == pytest.approx([0.95, 0.9])  # a combined file keeps one score per detection: the box's
+
+
 def test_per_class_ap_and_classes_without_truth():
     truth = [{"boxes": torch.tensor([[5.0, 5.0, 45.0, 45.0]]), "labels": torch.tensor([1]),
               "image_id": 1},

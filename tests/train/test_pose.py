@@ -61,6 +61,22 @@ def test_eval_scale_search_is_for_bottom_up_models(runs):
                           "--scales", "'0,1'")
 
 
+def test_openpose_resnet18_starts_from_a_classifier_run(tmp_path):
+    """A ResNet-18 trained on digits (1 channel): every trunk tensor but conv1 is taken; HRNet,
+    which has no classifier trunk, is refused in one line."""
+    classifier = cnnkit("train", "--model", "resnet18", "--dataset", "digits", "--epochs", "1",
+                        "--train-limit", "64", "--quiet", "--out-dir", tmp_path, "--name", "r18")
+    assert classifier.returncode == 0, classifier.stderr
+    tiny = dict(TINY, train_limit=8, batch_size=4, test_limit=2, epochs=1)
+    proc = cnnkit("train", "--model", "openpose_resnet18", *flags(tiny), "--image-size", "64",
+                  "--backbone-weights", tmp_path / "r18", "--out-dir", tmp_path, "--name", "op")
+    assert proc.returncode == 0, proc.stderr
+    assert "backbone: 59/60 tensors from" in proc.stdout  # conv1: 1 input channel, not 3
+    proc = cnnkit("train", "--model", "pose_hrnet_w16_small", *flags(tiny), "--backbone-weights",
+                  tmp_path / "r18", "--out-dir", tmp_path)
+    assert_one_line_error(proc, "has no backbone that a classifier's weights can start")
+
+
 @pytest.mark.parametrize("model", ["pose_hrnet_w16_small", "openpose_small"])
 def test_predict_draws_skeletons(runs, model, tmp_path):
     image = DATASETS / "lsp" / "images" / "im1500.jpg"

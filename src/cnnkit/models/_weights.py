@@ -1,5 +1,6 @@
 """Loading a checkpoint file the user already has into a cnnkit model, strictly; and what
-fine-tuning it needs: the head/backbone split, the stages that `--freeze N` counts, freezing.
+fine-tuning it needs: the head/backbone split, the stages that `--freeze N` counts, freezing;
+and starting a detector's or pose network's backbone from a cnnkit classifier run.
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 from torch import nn
 
-from cnnkit.engine.checkpoint import FORMAT, checkpoint_path, read_checkpoint_file
+from cnnkit.engine.checkpoint import (FORMAT, checkpoint_path, load_checkpoint,
+                                     read_checkpoint_file)
 from cnnkit.utils import CnnkitError
 
 logger = logging.getLogger("cnnkit")
@@ -195,3 +197,32 @@ def freeze_model(model: nn.Module, freeze: str) -> str:
 
 def _keep_eval(module: nn.Module, _inputs) -> None:
     module.training = False  # a frozen BatchNorm normalises with its running statistics
+
+
+def load_backbone(model: nn.Module, path: str) -> str:
+    """Start the backbone of a detector (`model.backbone.body`, or YOLO's `model.backbone`) or
+    of a pose network (`model.features`) from a cnnkit classification checkpoint (a run folder or
+    .pt file) of the same architecture, e.g. a ResNet-18 or a yolov8_cpu_cls trained on CIFAR-10:
+    every tensor whose name and shape match is copied; the classifier head is left out. Returns
+    a line saying how many tensors were taken."""
+    ckpt = load_checkpoint(checkpoint_path(path, "best"), task="classify",
+                           command="`cnnkit train --backbone-weights`")
+    name = ckpt["spec"]["models"][ckpt["spec"]["infer"]]["name"]
+    # A classifier keeps its feature layers under `backbone.` (YOLOv8-cls, as the detector
+    # does), under `features.` (VGG) or at the top of its state_dict (ResNet).
+    saved = ckpt["models"][ckpt["spec"]["infer"]]
+    state = {k.removeprefix("backbone.").removeprefix("features."): v for k, v in saved.items()}
+    if hasattr(model, "backbone"):
+        target = getattr(model.backbone, "body", model.backbone)
+    elif hasattr(model, "features"):
+        target = model.features
+    else:
+        raise CnnkitError(f"{path}: {type(model).__name__} has no backbone that a classifier's "
+                          "weights can start (detectors and OpenPose have)")
+    body = target.state_dict()
+    taken = {k: v for k, v in state.items() if k in body and body[k].shape == v.shape}
+    if not taken:
+        raise CnnkitError(f"{path}: no tensor matches the backbone of this model ({name} "
+                          "weights; is it the same architecture?)")
+    target.load_state_dict(taken, strict=False)
+    return f"backbone: {len(taken)}/{len(body)} tensors from {path}"

@@ -198,6 +198,7 @@ def predictions_to_coco(predictions: Sequence[dict], image_ids: Sequence[int],
                         iou_types: Sequence[str] = ("bbox",)) -> list[dict]:
     """COCO results (one dict per detection: image_id, category_id, score, and per iou type
     bbox (xywh), segmentation (RLE of the mask > 0.5) or keypoints (flattened x, y, v)).
+    The score is the prediction's "scores", or for segm alone its "mask_scores" if it has them.
 
     Give one iou type to get what pycocotools' loadRes expects for it: with a bbox it takes the
     box's area even for masks, which is why torchvision's references write segm results without
@@ -213,7 +214,10 @@ def predictions_to_coco(predictions: Sequence[dict], image_ids: Sequence[int],
     results = []
     for i, (pred, image_id) in enumerate(zip(predictions, image_ids)):
         boxes = _xywh(pred["boxes"])
-        scores = _np(pred["scores"], np.float64).reshape(-1)
+        # masks alone are ranked by their own scores where the model gives them (maskness)
+        score_key = "mask_scores" if iou_types == ("segm",) and "mask_scores" in pred \
+            else "scores"
+        scores = _np(pred[score_key], np.float64).reshape(-1)
         num_classes = None if category_ids is None else len(category_ids)
         labels = _labels(pred["labels"], len(boxes), num_classes, f"prediction {i}")
         fields = {"bbox": boxes.tolist()} if "bbox" in iou_types else {}

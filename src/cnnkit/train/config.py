@@ -72,7 +72,7 @@ class TrainConfig(RunConfig):
     mosaic: bool | None = config_field(None, "detection: YOLO's 4-image mosaic with random scale/translate, and HSV jitter (default: on for YOLOv8 models)")
     close_mosaic: int | None = config_field(None, "detection: train the last N epochs without mosaic (default: a tenth of the epochs, as ultralytics' 10 of 100)")
     ema_decay: float | None = config_field(None, "detection: keep an EMA of the weights with this decay, evaluated and saved for inference (default: 0.9999 for YOLOv8 models, else off)")
-    backbone_weights: str | None = config_field(None, "detectors: start the backbone from a cnnkit classification run or checkpoint of the same architecture (e.g. resnet18 trained on CIFAR-10)")
+    backbone_weights: str | None = config_field(None, "detectors and OpenPose: start the backbone from a cnnkit classification run or checkpoint of the same architecture (e.g. resnet18 trained on CIFAR-10 for maskrcnn_resnet18_fpn or openpose_resnet18)")
     # --- speed and reproducibility ---
     channels_last: bool = config_field(True, "NHWC memory format (faster oneDNN convolutions on CPU)")
     sync_bn: bool = config_field(False, "distributed runs: BatchNorm statistics over the global batch (SyncBatchNorm)")

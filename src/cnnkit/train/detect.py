@@ -26,6 +26,7 @@ from cnnkit.engine.distributed import DistEnv, all_gather_objects, shard
 from cnnkit.engine.run import Run
 from cnnkit.inference.detect import detect
 from cnnkit.models import create_model
+from cnnkit.models._weights import load_backbone
 from cnnkit.train.classify import limit_test, make_optimizer, set_lr, split_validation
 from cnnkit.train.coco_eval import CocoScores, coco_evaluate, predictions_to_coco, write_coco_json
 from cnnkit.train.config import TrainConfig
@@ -124,7 +125,9 @@ def _train(run: Run, config: TrainConfig, log) -> DetectResult:
     run.finish()
 
     iou_types = IOU_TYPES[model.task]
-    test, predictions = evaluate_detection(judged, test_set, precision=run.precision, env=env,
+    # The test is judged in fp32, as `cnnkit eval` does: bf16 activations, fine for training and
+    # for choosing the best epoch, cost mnist-det 0.007 box AP and 0.02 mask AP (measured).
+    test, predictions = evaluate_detection(judged, test_set, precision="fp32", env=env,
                                            iou_types=iou_types, keep_predictions=True)
     if env.is_main:
         _write_outputs(run.dir, test_set, predictions, test, iou_types, model)
@@ -196,29 +199,6 @@ def _spec(config: TrainConfig, model_kwargs: dict, ds) -> dict:
     if sigmas is not None:
         spec["kpt_sigmas"] = [float(s) for s in sigmas]
     return spec
-
-
-def load_backbone(model: nn.Module, path: str) -> str:
-    """Start the detector's backbone (`model.backbone.body`, or YOLO's `model.backbone`) from a
-    cnnkit classification checkpoint (a run folder or .pt file) of the same architecture, e.g. a
-    ResNet-18 or a yolov8_cpu_cls trained on CIFAR-10: every tensor whose name and shape match is
-    copied; the classifier head is left out. Returns a line saying how many tensors were taken."""
-    from cnnkit.engine.checkpoint import checkpoint_path, load_checkpoint  # noqa: PLC0415
-    ckpt = load_checkpoint(checkpoint_path(path, "best"), task="classify",
-                           command="`cnnkit train --backbone-weights`")
-    # A YOLOv8 classifier keeps its CSPDarknet under `backbone.`, as the detector does (which
-    # has no torchvision-style `.body`); a ResNet's layers sit at the top of its state_dict.
-    saved = ckpt["models"][ckpt["spec"]["infer"]]
-    state = {k.removeprefix("backbone."): v for k, v in saved.items()}
-    target = getattr(model.backbone, "body", model.backbone)
-    body = target.state_dict()
-    taken = {k: v for k, v in state.items() if k in body and body[k].shape == v.shape}
-    if not taken:
-        raise CnnkitError(f"{path}: no tensor matches the backbone of this detector "
-                          f"({ckpt['spec']['models'][ckpt['spec']['infer']]['name']} weights; "
-                          f"is it the same architecture?)")
-    target.load_state_dict(taken, strict=False)
-    return f"backbone: {len(taken)}/{len(body)} tensors from {path}"
 
 
 # --- evaluation ---

@@ -28,6 +28,7 @@ from cnnkit.engine.run import Run
 from cnnkit.inference.pose import (best_person, heatmaps_of, predict_bottom_up,
                                    predict_top_down)
 from cnnkit.models import create_model
+from cnnkit.models._weights import load_backbone
 from cnnkit.models.pose.openpose import stage_loss
 from cnnkit.ops.heatmaps import crop_matrix, joints_mse_loss, warp_crop
 from cnnkit.train.classify import limit_test, make_optimizer, set_lr, split_validation
@@ -83,6 +84,8 @@ def _train(run: Run, config: TrainConfig, log) -> PoseResult:
     test_set = limit_test(load_dataset(config.dataset, "test", **options), config)
     train_set, val_set = split_validation(train_full, config)
     model, model_kwargs, bottom_up = _build(config, train_set)
+    if config.backbone_weights and not run.resuming:
+        log(load_backbone(model, config.backbone_weights))
     input_size = _input_size(config, bottom_up)
     model, net = run.prepare(model, channels_last=config.channels_last)
     optimizer = make_optimizer(config, model)

@@ -13,6 +13,7 @@ from torch import nn
 
 from cnnkit.models import create_model
 from cnnkit.models.detection.backbones import FrozenBatchNorm2d
+from cnnkit.models.detection.mask_keypoint_heads import maskness
 from cnnkit.utils import CnnkitError
 
 SMALL = ["fasterrcnn_resnet18_fpn", "maskrcnn_resnet18_fpn", "keypointrcnn_resnet18_fpn"]
@@ -96,6 +97,30 @@ def test_mask_rois_per_image_caps_what_the_mask_head_trains_on():
     assert len(seen[None]) == len(seen[3]) == 2
     with pytest.raises(ValueError, match="mask_rois_per_image must be ≥ 1"):
         _build("maskrcnn_resnet18_fpn", mask_rois_per_image=0)
+
+
+def test_maskness_is_the_mean_foreground_probability():
+    probs = torch.zeros(3, 1, 4, 4)
+    probs[0, 0, :2] = 0.8          # 8 pixels at 0.8, the rest 0
+    probs[1, 0, 0, 0], probs[1, 0, 1, 1] = 1.0, 0.6
+    probs[2] = 0.4                 # nothing above ½: an empty mask
+    assert maskness(probs).tolist() == pytest.approx([0.8, 0.8, 0.0])
+
+
+def test_mask_scoring_ranks_masks_and_leaves_boxes_alone():
+    """The CPU variant adds mask_scores = scores × maskness; torchvision's layout does not."""
+    images = [torch.rand(3, 96, 80)]
+    model = _build("maskrcnn_resnet18_fpn", box_score_thresh=0.0).eval()
+    with torch.no_grad():
+        pred = model(images)[0]
+        plain = _build("maskrcnn_resnet18_fpn", box_score_thresh=0.0,
+                       mask_scoring="class").eval()(images)[0]
+    assert "mask_scores" not in plain and torch.equal(plain["scores"], pred["scores"])
+    assert pred["mask_scores"].shape == pred["scores"].shape
+    assert (pred["mask_scores"] <= pred["scores"]).all()
+    assert create_model("maskrcnn_resnet50_fpn").roi_heads.mask_scoring == "class"
+    with pytest.raises(ValueError, match="mask_scoring must be 'class' or 'maskness'"):
+        _build("maskrcnn_resnet18_fpn", mask_scoring="iou")
 
 
 @pytest.mark.parametrize("name", SMALL)

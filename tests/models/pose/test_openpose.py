@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from cnnkit.data.lsp import SKELETON
-from cnnkit.models.pose.openpose import openpose_small, openpose_vgg19, stage_loss
+from cnnkit.models.pose.openpose import (openpose_resnet18, openpose_small, openpose_vgg19,
+                                         stage_loss)
+from cnnkit.models.resnet import resnet18
 from cnnkit.ops.paf import affinity_fields, confidence_maps, parse_people
 from cnnkit.utils import CnnkitError
 
@@ -15,6 +17,16 @@ def test_every_stage_predicts_fields_and_maps_at_stride_8():
     fields, maps = model(torch.randn(2, 3, 64, 96))
     assert fields.shape == (3, 2, 2 * len(SKELETON), 8, 12)
     assert maps.shape == (3, 2, 14, 8, 12)
+
+
+def test_resnet18_trunk_is_the_classifier_up_to_layer2_under_its_names():
+    model = openpose_resnet18()
+    classifier = resnet18().state_dict()
+    trunk = model.features.state_dict()
+    assert all(k in classifier and classifier[k].shape == v.shape for k, v in trunk.items())
+    assert {k.split(".")[0] for k in trunk} == {"conv1", "bn1", "layer1", "layer2"}
+    fields, maps = model(torch.randn(1, 3, 64, 96))  # stride 8, as the VGG trunk
+    assert fields.shape == (3, 1, 2 * len(SKELETON), 8, 12) and maps.shape == (3, 1, 14, 8, 12)
 
 
 def test_paper_layout_has_six_stages_and_a_vgg19_trunk():

@@ -126,6 +126,16 @@ def maskrcnn_inference(x: torch.Tensor, labels: list[torch.Tensor]) -> tuple[tor
     return mask_prob[index, labels][:, None].split(boxes_per_image, dim=0)
 
 
+def maskness(mask_prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """(N, 1, M, M) probabilities → (N,) mean probability over each mask's foreground pixels
+    (those above `threshold`), SOLOv2's "maskness" (Wang et al. 2020, §3.3.3,
+    https://arxiv.org/abs/2003.10152); 0 for an empty mask. How sure the mask head is of the
+    mask it draws — the class score says nothing about that."""
+    foreground = (mask_prob > threshold).to(mask_prob.dtype)
+    area = foreground.flatten(1).sum(1)
+    return (mask_prob * foreground).flatten(1).sum(1) / area.clamp(min=1)
+
+
 def expand_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
     """Scale (N, 4) boxes about their centres."""
     w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale

@@ -161,20 +161,30 @@ class MaskRCNN(FasterRCNN):
     training, the mask branch sees a uniform random subset of at most this many of each image's
     positive RoIs. The mask loss is a mean over positives, so the subset leaves its expectation
     unchanged; with a few objects per image the positives are near-copies of one another, and the
-    mask head is then the most expensive part of a training step."""
+    mask head is then the most expensive part of a training step.
+
+    `mask_scoring` (a cnnkit keyword): "class" (torchvision) ranks masks by the detection's class
+    score; "maskness" adds `mask_scores` = class score × the mask's mean foreground probability
+    (SOLOv2's maskness), which the segm evaluation ranks by — a sure class with a doubtful mask
+    then comes after a sure mask (the idea of Mask Scoring R-CNN, Huang et al. 2019, without its
+    learned MaskIoU head). Boxes keep the class score."""
 
     task = "instance-segmentation"
 
     def __init__(self, backbone: nn.Module, num_classes: int | None = None, *,
                  mask_roi_pool=None, mask_head=None, mask_predictor=None,
                  mask_layers=(256, 256, 256, 256), exact_masks: bool = False,
-                 mask_rois_per_image: int | None = None, **kwargs):
+                 mask_rois_per_image: int | None = None, mask_scoring: str = "class",
+                 **kwargs):
         super().__init__(backbone, num_classes, **kwargs)
+        if mask_scoring not in ("class", "maskness"):
+            raise ValueError(f"mask_scoring must be 'class' or 'maskness', got '{mask_scoring}'")
         if mask_rois_per_image is not None and mask_rois_per_image < 1:
             raise ValueError(f"mask_rois_per_image must be ≥ 1 (or None: all), got "
                              f"{mask_rois_per_image}")
         self.roi_heads.exact_masks = self.transform.exact_masks = exact_masks
         self.roi_heads.mask_rois_per_image = mask_rois_per_image
+        self.roi_heads.mask_scoring = mask_scoring
         num_classes = self.num_classes
         mask_dim = mask_layers[-1]
         if mask_roi_pool is None:
@@ -322,11 +332,13 @@ def maskrcnn_resnet18_fpn(num_classes: int = 91, *, backbone_norm: str = "bn",
     (torchvision's: 256 on a 256-wide FPN). On mnist-det, at bf16 on an AVX512-BF16 CPU, 128
     wide costs +26% per training step over 64 wide and 256 wide +62%; in a 30-minute budget
     128 scored the best mask AP (0.640 in 5 epochs against 0.624 in 6 at 64 wide).
-    Masks are exact (`MaskRCNN`'s `exact_masks`): its objects are small.
+    Masks are exact (`MaskRCNN`'s `exact_masks`): its objects are small; and ranked by their
+    maskness (`mask_scoring`; mnist-det test mask AP 0.650 → 0.68, docs/benchmarks.md).
     """
     backbone = _resnet_fpn(resnet18, backbone_norm, trainable_backbone_layers,
                            out_channels=fpn_channels)
-    kwargs = {"mask_layers": (fpn_channels,) * 4, "exact_masks": True, **kwargs}
+    kwargs = {"mask_layers": (fpn_channels,) * 4, "exact_masks": True,
+              "mask_scoring": "maskness", **kwargs}
     return MaskRCNN(backbone, num_classes, **_small_kwargs(kwargs))
 
 

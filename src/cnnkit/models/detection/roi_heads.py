@@ -18,7 +18,7 @@ from cnnkit.models.detection import _utils as det_utils
 from cnnkit.models.detection.mask_keypoint_heads import (  # noqa: F401 (re-exported)
     KeypointRCNNHeads, KeypointRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor,
     heatmaps_to_keypoints, keypointrcnn_inference, keypointrcnn_loss, maskrcnn_inference,
-    maskrcnn_loss, paste_masks_in_image)
+    maskness, maskrcnn_loss, paste_masks_in_image)
 from cnnkit.ops.boxes import (BoxCoder, batched_nms, box_iou, clip_boxes_to_image,
                               remove_small_boxes)
 from cnnkit.utils import CnnkitError
@@ -104,7 +104,8 @@ def fastrcnn_loss(class_logits: torch.Tensor, box_regression: torch.Tensor,
 class RoIHeads(nn.Module):
     """forward(features, proposals, image_shapes, targets) → (per-image detections, losses).
 
-    Detections: {boxes, labels, scores} (+ masks (N, 1, M, M) probabilities, + keypoints
+    Detections: {boxes, labels, scores} (+ masks (N, 1, M, M) probabilities and, with
+    `mask_scoring="maskness"`, mask_scores (N,) that rank them, + keypoints
     (N, K, 3), keypoints_scores (N, K)) in the resized image's pixels; losses: loss_classifier,
     loss_box_reg (+ loss_mask, + loss_keypoint) in training.
     """
@@ -134,6 +135,7 @@ class RoIHeads(nn.Module):
         self.mask_predictor = mask_predictor
         self.exact_masks = False  # MaskRCNN(exact_masks=...): pixel-centred mask targets
         self.mask_rois_per_image: int | None = None  # MaskRCNN(...): training's mask RoI cap
+        self.mask_scoring = "class"  # MaskRCNN(mask_scoring=...): what ranks the masks
         self.keypoint_roi_pool = keypoint_roi_pool
         self.keypoint_head = keypoint_head
         self.keypoint_predictor = keypoint_predictor
@@ -271,6 +273,8 @@ class RoIHeads(nn.Module):
                 masks = maskrcnn_inference(mask_logits, [r["labels"] for r in result])
                 for mask_prob, r in zip(masks, result):
                     r["masks"] = mask_prob
+                    if self.mask_scoring == "maskness":
+                        r["mask_scores"] = r["scores"] * maskness(mask_prob.float())
         if self.has_keypoint():
             keypoint_logits = self.keypoint_predictor(self.keypoint_head(
                 self.keypoint_roi_pool(features, branch_boxes, image_shapes)))

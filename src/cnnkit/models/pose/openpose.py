@@ -10,12 +10,16 @@ Parsing the last stage's maps into people is `cnnkit.ops.paf.parse_people`.
 
 Registered: `openpose_vgg19`, the paper's layout (6 stages, 128-channel branches, VGG-19 trunk
 whose `features.*` keys match cnnkit's and torchvision's `vgg19`, so a classification checkpoint
-can start it) for the 14 LSP joints and their 13-limb tree (`cnnkit.data.lsp.SKELETON`); and `openpose_small`, a CPU variant (a narrower trunk,
-3 stages of three 3×3 convolutions instead of 7×7s, after the 2019 paper's replacement of each
-7×7 by three 3×3s, https://arxiv.org/abs/1812.08008 §3.1, and BatchNorm, which the Caffe model
-lacks, for training from scratch).
+can start it) for the 14 LSP joints and their 13-limb tree (`cnnkit.data.lsp.SKELETON`);
+`openpose_small`, a CPU variant (a narrower trunk, 3 stages of three 3×3 convolutions instead of
+7×7s, after the 2019 paper's replacement of each 7×7 by three 3×3s,
+https://arxiv.org/abs/1812.08008 §3.1, and BatchNorm, which the Caffe model lacks, for training
+from scratch); and `openpose_resnet18`, those stages on a ResNet-18 trunk that a cnnkit
+classifier can start.
 """
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -24,6 +28,7 @@ from cnnkit.data.lsp import SKELETON
 from cnnkit.layers import ConvNormAct
 from cnnkit.layers.init import init_cnn_
 from cnnkit.models._registry import register_model
+from cnnkit.models.resnet import resnet18
 from cnnkit.models.vgg import _CFGS, make_features
 from cnnkit.ops.paf import check_skeleton
 from cnnkit.utils import CnnkitError
@@ -46,7 +51,7 @@ class OpenPose(nn.Module):
     pose = True
     bottom_up = True  # the pose task feeds it whole images, not person crops
 
-    def __init__(self, trunk: tuple[int | str, ...], *, num_joints: int = 14,
+    def __init__(self, trunk: tuple[int | str, ...] | str, *, num_joints: int = 14,
                  limbs: list[tuple[int, int]] | None = None, stages: int = 6, width: int = 128,
                  first_depth: int = 3, first_hidden: int = 512, refine_kernel: int = 7,
                  refine_depth: int = 5, norm: str | None = None, in_chans: int = 3):
@@ -57,8 +62,11 @@ class OpenPose(nn.Module):
         check_skeleton(self.limbs, num_joints)
         self.num_joints = num_joints
         fields, maps = 2 * len(self.limbs), num_joints
-        self.features = make_features(trunk, in_chans, batch_norm=norm == "batchnorm")
-        trunk_out = [c for c in trunk if c != "M"][-1]
+        if trunk == "resnet18":
+            self.features, trunk_out = _resnet_trunk(in_chans), 128
+        else:
+            self.features = make_features(trunk, in_chans, batch_norm=norm == "batchnorm")
+            trunk_out = [c for c in trunk if c != "M"][-1]
         # conv4_3_CPM / conv4_4_CPM of the authors' model: bring the trunk down to 128 channels.
         self.reduce = nn.Sequential(ConvNormAct(trunk_out, 2 * width, 3, norm=norm),
                                     ConvNormAct(2 * width, width, 3, norm=norm))
@@ -73,7 +81,7 @@ class OpenPose(nn.Module):
                             depth=refine_depth, hidden=width, norm=norm)
             self.field_stages.append(_branch(out_channels=fields, **make))
             self.map_stages.append(_branch(out_channels=maps, **make))
-        init_cnn_(self)
+        init_cnn_(self)  # the ResNet trunk's own init is the same scheme (He, fan_out)
         # Outputs start near zero (the authors' Caffe init draws every conv from N(0, 0.01²)):
         # He-initialised outputs, fed through the next stages, start the loss ~10³× too high.
         for branch in (*self.field_stages, *self.map_stages):
@@ -90,6 +98,15 @@ class OpenPose(nn.Module):
         return torch.stack(fields), torch.stack(maps)
 
 
+def _resnet_trunk(in_chans: int) -> nn.Sequential:
+    """ResNet-18 up to layer2 (stride 8, 128 channels) under its classification names (conv1,
+    bn1, layer1, layer2), so that a cnnkit `resnet18` run's weights load into it."""
+    net = resnet18(in_chans=in_chans)
+    return nn.Sequential(OrderedDict(
+        (name, getattr(net, name)) for name in ("conv1", "bn1", "relu", "maxpool", "layer1",
+                                                "layer2")))
+
+
 def stage_loss(fields: torch.Tensor, maps: torch.Tensor, target_fields: torch.Tensor,
                target_maps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 5: the squared L2 distance of every stage's fields and maps to the targets, summed
@@ -103,6 +120,11 @@ def stage_loss(fields: torch.Tensor, maps: torch.Tensor, target_fields: torch.Te
 
 
 # --- registered variants ---
+
+# The CPU variants' stages: 3 of 64 channels, three 3×3s per refinement, BatchNorm.
+_SMALL = dict(stages=3, width=64, first_hidden=128, refine_kernel=3, refine_depth=3,
+              norm="batchnorm")
+
 
 @register_model(input_size=(3, 368, 368), test_input_size=(3, 64, 64))
 def openpose_vgg19(num_joints: int = 14, in_chans: int = 3, **kwargs) -> OpenPose:
@@ -118,6 +140,13 @@ def openpose_small(num_joints: int = 14, in_chans: int = 3, **kwargs) -> OpenPos
     PCK@0.2 0.48 after 50 min on one core, docs/benchmarks.md); `norm=None`: plain convs."""
     kwargs.pop("num_classes", None)
     trunk = (32, "M", 64, 64, "M", 128, 128, "M", 128, 128)
-    options = dict(stages=3, width=64, first_hidden=128, refine_kernel=3, refine_depth=3,
-                   norm="batchnorm")
-    return OpenPose(trunk, num_joints=num_joints, in_chans=in_chans, **{**options, **kwargs})
+    return OpenPose(trunk, num_joints=num_joints, in_chans=in_chans, **{**_SMALL, **kwargs})
+
+
+@register_model(input_size=(3, 256, 256), test_input_size=(3, 64, 64))
+def openpose_resnet18(num_joints: int = 14, in_chans: int = 3, **kwargs) -> OpenPose:
+    """`openpose_small`'s stages on ResNet-18's stem, layer1 and layer2 (stride 8), whose names
+    are the classifier's: `cnnkit train --backbone-weights RUN` starts it from a cnnkit
+    `resnet18` run — the paper starts its VGG-19 trunk from ImageNet."""
+    kwargs.pop("num_classes", None)
+    return OpenPose("resnet18", num_joints=num_joints, in_chans=in_chans, **{**_SMALL, **kwargs})
