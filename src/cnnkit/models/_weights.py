@@ -209,7 +209,8 @@ def load_backbone(model: nn.Module, path: str) -> str:
                            command="`cnnkit train --backbone-weights`")
     name = ckpt["spec"]["models"][ckpt["spec"]["infer"]]["name"]
     # A classifier keeps its feature layers under `backbone.` (YOLOv8-cls, as the detector
-    # does), under `features.` (VGG) or at the top of its state_dict (ResNet).
+    # does), under `features.` (VGG, MobileNet: a pose trunk's or a torchvision-style body's
+    # own names have no such prefix) or at the top of its state_dict (ResNet).
     saved = ckpt["models"][ckpt["spec"]["infer"]]
     state = {k.removeprefix("backbone.").removeprefix("features."): v for k, v in saved.items()}
     if hasattr(model, "backbone"):
