@@ -1,10 +1,12 @@
-"""Bottom-up scale search: maps computed at another input scale land on the training scale's
-grid at the same image pixel (inference/pose.py)."""
+"""Bottom-up inference (inference/pose.py): maps computed at another input scale land on the
+training scale's grid at the same image pixel; a single person's joints left out by the parse
+are completed from the maps."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnkit.inference.pose import UPSAMPLE, _resample
+from cnnkit.inference.pose import UPSAMPLE, _complete, _resample
+from cnnkit.ops.paf import Person
 
 
 def peak_maps(point: tuple[float, float], size: tuple[int, int], scale: float,
@@ -45,3 +47,14 @@ def test_resampling_at_the_training_scale_is_the_plain_upsampling():
     plain = F.interpolate(maps, size=grid, mode="bicubic", align_corners=False)
     inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))  # borders clamp differently
     assert torch.allclose(_resample(maps, grid, 1.25, 1.25)[inner], plain[inner], atol=1e-5)
+
+
+def test_a_single_persons_missing_joints_come_from_the_strongest_map_cells():
+    maps = torch.zeros(3, 10, 12)
+    maps[0, 2, 3], maps[1, 7, 9], maps[1, 1, 1], maps[2, 4, 5] = 0.9, 0.6, 0.4, 0.3
+    parsed = Person(torch.tensor([[3.0, 2.0, 0.9], [float("nan")] * 3, [5.0, 4.0, 0.3]]), 1.5)
+    done = _complete(parsed, maps)
+    assert torch.allclose(done.joints, torch.tensor([[3, 2, 0.9], [9, 7, 0.6], [5, 4, 0.3]]))
+    assert done.score == 1.5
+    nobody = _complete(None, maps)  # nobody parsed: the person is every map's strongest cell
+    assert nobody.joints[:, :2].tolist() == [[3, 2], [9, 7], [5, 4]] and nobody.score == 0.0

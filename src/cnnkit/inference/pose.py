@@ -59,14 +59,17 @@ def predict_top_down(model: nn.Module, images: Sequence[torch.Tensor], boxes: to
 @torch.inference_mode()
 def predict_bottom_up(model: nn.Module, image: torch.Tensor, *, scale: float,
                       precision: str = "fp32", min_joints: int = 4,
-                      scales: Sequence[float] = (1.0,)
+                      scales: Sequence[float] = (1.0,), single_person: bool = False
                       ) -> tuple[list[Person], torch.Tensor, torch.Tensor]:
     """The people in one uint8 image (3, H, W), joints in image pixels, best first; and the
     last stage's confidence maps and fields (at stride 8 of the input) for figures.
 
     `scales` (multiples of `scale`) is the authors' scale search: the maps and fields of each
     scale are resampled onto the grid of `scale` and averaged before parsing (Cao et al.'s
-    evaluation code searches 0.5, 1, 1.5 and 2)."""
+    evaluation code searches 0.5, 1, 1.5 and 2). `single_person`: the image shows one person
+    (LSP's protocol), so every joint the parse left out of the best person — a limb whose
+    field was too weak breaks the tree there — is taken from its map's strongest peak, and with
+    nobody parsed the best person is made of those peaks."""
     model.eval()
     device = next(model.parameters()).device
     size = bottom_up_size(*image.shape[-2:], scale)
@@ -83,14 +86,28 @@ def predict_bottom_up(model: nn.Module, image: torch.Tensor, *, scale: float,
         if factor == 1 or shown is None:  # figures show the training scale's own maps
             shown = maps, fields
     big = summed / len(scales)
-    people = parse_people(big[:len(shown[0])], big[len(shown[0]):], model.limbs,
-                          min_joints=min_joints)
+    maps = big[:len(shown[0])]
+    people = parse_people(maps, big[len(shown[0]):], model.limbs, min_joints=min_joints)
+    if single_person:
+        people = [_complete(people[0] if people else None, maps), *people[1:]]
     # Upsampled cell u ↦ map cell (u + ½)/4 − ½ (align_corners=False) ↦ input pixel × 8 (the
     # targets put input pixel x at map x/8) ↦ image pixel / scale (the crop is a pure scale).
     for person in people:
         on_map = (person.joints[:, :2] + 0.5) / UPSAMPLE - 0.5
         person.joints[:, :2] = on_map * 8 / scale
     return people, *shown
+
+
+def _complete(person: Person | None, maps: torch.Tensor) -> Person:
+    """`person` (or nobody) with each missing joint at the strongest cell of its map (J, H, W),
+    the peak's value as the joint's score; the person's score is kept."""
+    peak_values, flat = maps.flatten(1).max(dim=1)
+    strongest = torch.stack([flat % maps.shape[-1], flat // maps.shape[-1], peak_values], 1)
+    if person is None:
+        return Person(strongest.float(), 0.0)
+    missing = torch.isnan(person.joints[:, 0])
+    joints = torch.where(missing[:, None], strongest.to(person.joints.dtype), person.joints)
+    return Person(joints, person.score)
 
 
 def _bottom_up_pass(model: nn.Module, image: torch.Tensor, scale: float, precision: str,

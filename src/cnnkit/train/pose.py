@@ -166,14 +166,15 @@ def _input_size(config: TrainConfig, bottom_up: bool) -> tuple[int, int]:
 
 def predict_joints(model: nn.Module, ds: PoseDataset, spec: dict, *, precision: str = "fp32",
                    scales: Sequence[float] = (1.0,)) -> tuple[torch.Tensor, torch.Tensor]:
-    """Joints (N, J, 2) in image pixels (NaN where a bottom-up parse found none) and a score
-    per image (the mean heatmap peak, or the person's parse score); `scales`: bottom-up's
-    scale search (inference/pose.py)."""
+    """Joints (N, J, 2) in image pixels and a score per image (the mean heatmap peak, or the
+    person's parse score); bottom-up: the best person, completed from the maps (LSP shows one
+    person per photo); `scales`: bottom-up's scale search (inference/pose.py)."""
     if spec.get("bottom_up"):
         joints, scores = [], []
         for image in ds.images:
             people, _, _ = predict_bottom_up(model, image, scale=BOTTOM_UP_SCALE,
-                                             precision=precision, scales=scales)
+                                             precision=precision, scales=scales,
+                                             single_person=True)
             joints.append(best_person(people, len(ds.keypoint_names)))
             scores.append(people[0].score if people else 0.0)
         return torch.stack(joints), torch.tensor(scores)
