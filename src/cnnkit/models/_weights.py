@@ -219,7 +219,8 @@ def load_backbone(model: nn.Module, path: str) -> str:
         target = model.features
     else:
         raise CnnkitError(f"{path}: {type(model).__name__} has no backbone that a classifier's "
-                          "weights can start (detectors and OpenPose have)")
+                          "weights can start; drop --backbone-weights, or train a detector or "
+                          "OpenPose (e.g. openpose_resnet18)")
     body = target.state_dict()
     taken = {k: v for k, v in state.items() if k in body and body[k].shape == v.shape}
     if not taken:

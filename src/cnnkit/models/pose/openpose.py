@@ -148,8 +148,8 @@ def openpose_small(num_joints: int = 14, in_chans: int = 3, **kwargs) -> OpenPos
 def openpose_resnet18(num_joints: int = 14, in_chans: int = 3, **kwargs) -> OpenPose:
     """`openpose_small`'s stages on ResNet-18's stem, layer1 and layer2 (stride 8), whose names
     are the classifier's: `cnnkit train --backbone-weights RUN` starts it from a cnnkit
-    `resnet18` run — the paper starts its VGG-19 trunk from ImageNet. From a CIFAR-10 run it
-    scored LSP test PCK@0.2 0.341 (from scratch 0.316; `openpose_small` 0.480, docs/benchmarks.md):
-    worth trying with a classifier of people, not of 32-px objects."""
+    `resnet18` run — the paper starts its VGG-19 trunk from ImageNet. From a CIFAR-10 run its
+    best weights scored LSP test PCK@0.2 0.552 (from scratch 0.505; `openpose_small` 0.605,
+    docs/benchmarks.md): worth trying with a classifier of people, not of 32-px objects."""
     kwargs.pop("num_classes", None)
     return OpenPose("resnet18", num_joints=num_joints, in_chans=in_chans, **{**_SMALL, **kwargs})
