@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from cnnkit.models import count_parameters, create_model
-from cnnkit.models.cyclegan import PatchDiscriminator, ResnetGenerator, patch_side
+from cnnkit.models.cyclegan import (PatchDiscriminator, ResnetGenerator, UpConvNormAct,
+                                    patch_side)
 from cnnkit.utils import CnnkitError
 
 # Parameter counts of the authors' implementation (junyanz/pytorch-CycleGAN-and-pix2pix,
@@ -51,6 +52,30 @@ def test_generator_layout_is_the_authors():
     assert len(norms) == 3 + 18 + 2
     assert not any(m.affine or m.track_running_stats for m in norms)
     assert len(g.blocks) == 9 and len(create_model("cyclegan_resnet_6blocks").blocks) == 6
+
+
+def test_resize_upsampling_keeps_the_count_and_paints_no_checkerboard():
+    """Odena et al. 2016: on a constant input a stride-2 transposed 3×3 convolution gives a
+    2-periodic pattern (output pixels receive 1, 2 or 4 kernel taps); nearest-resize + conv
+    gives a constant interior."""
+    for name in ("cyclegan_resnet_6blocks", "cyclegan_resnet_9blocks"):
+        assert count_parameters(create_model(name, upsample="resize")) == PAPER_COUNTS[name]
+    torch.manual_seed(0)
+    flat = torch.ones(1, 4, 6, 6)
+    interiors = {}
+    for mode in ("transpose", "resize"):
+        up = UpConvNormAct(4, 1, norm="none", act="none", upsample=mode)
+        nn.init.constant_(up.conv.weight, 0.1)
+        out = up(flat)
+        assert out.shape == (1, 1, 12, 12)
+        interiors[mode] = out[0, 0, 2:-2, 2:-2]
+    assert torch.allclose(interiors["resize"], interiors["resize"][0, 0])
+    assert interiors["transpose"].max() > 1.5 * interiors["transpose"].min()  # the checkerboard
+    g = ResnetGenerator(ngf=8, n_blocks=1, upsample="resize")
+    assert g(torch.zeros(1, 3, 16, 20)).shape == (1, 3, 16, 20)
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in g.modules())
+    with pytest.raises(CnnkitError, match="unknown upsampling 'bilinear'"):
+        ResnetGenerator(ngf=8, n_blocks=1, upsample="bilinear")
 
 
 def test_residual_block_adds_its_input():

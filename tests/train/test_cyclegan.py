@@ -142,7 +142,8 @@ def test_pool_state_round_trip_draws_the_same():
 def test_tiny_end_to_end_run_writes_its_folder(data, tmp_path):
     config = CycleGanConfig(data_dir=str(data), out_dir=str(tmp_path), name="run", load_size=20,
                             crop_size=16, ngf=8, ndf=8, n_blocks=1, n_layers_d=2, pool_size=4,
-                            epochs=2, grid_images=2, threads=1, quiet=True, tensorboard=False)
+                            epochs=2, grid_images=2, threads=1, quiet=True, tensorboard=False,
+                            upsample="resize")
     result = train_cyclegan(config, **QUIET)
     files = {p.name for p in result.run_dir.iterdir()}
     assert {"config.yaml", "metrics.csv", "last.pt", "losses.png", "translations_epoch001.png",
@@ -153,6 +154,9 @@ def test_tiny_end_to_end_run_writes_its_folder(data, tmp_path):
     assert ckpt["task"] == "cyclegan" and set(ckpt["models"]) == {
         "generator_ab", "generator_ba", "discriminator_a", "discriminator_b"}
     assert [len(ckpt["extra"]["pools"][d]["images"]) for d in "ab"] == [4, 4]  # full pools saved
+    assert ckpt["spec"]["models"]["generator_ab"]["kwargs"]["upsample"] == "resize"
+    # (out, in, 3, 3): a Conv2d; a ConvTranspose2d stores (in, out, 3, 3) = (32, 16, 3, 3)
+    assert ckpt["models"]["generator_ab"]["up.0.conv.weight"].shape == (16, 32, 3, 3)
     with Image.open(result.run_dir / "translations_epoch002.png") as grid:
         assert grid.size[0] > 200
 

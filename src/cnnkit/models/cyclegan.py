@@ -43,14 +43,30 @@ def reflect_conv(in_channels: int, out_channels: int, kernel_size: int, *, norm=
                                      norm=norm, act=act))
 
 
+UPSAMPLING = ("transpose", "resize")
+
+
 class UpConvNormAct(nn.Sequential):
     """"uk": ConvTranspose2d 3×3 stride 2, padding 1, output_padding 1 (exactly doubles the side)
-    → InstanceNorm → ReLU; children named like ConvNormAct's."""
+    → InstanceNorm → ReLU; children named like ConvNormAct's.
 
-    def __init__(self, in_channels: int, out_channels: int, *, norm=NORM, act="relu"):
+    `upsample="resize"`: nearest-neighbour doubling, then a 3×3 convolution with the same
+    parameter count — Odena et al. 2016 ("Deconvolution and Checkerboard Artifacts"): a stride-2
+    transposed convolution's kernels overlap unevenly, which paints a checkerboard that training
+    must learn to cancel; resizing first spreads every input pixel evenly."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, norm=NORM, act="relu",
+                 upsample: str = "transpose"):
         super().__init__()
-        self.conv = nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1,
-                                       output_padding=1, bias=True)
+        if upsample not in UPSAMPLING:
+            raise CnnkitError(f"unknown upsampling {upsample!r}: choose from "
+                              f"{', '.join(UPSAMPLING)}")
+        if upsample == "resize":
+            self.resize = nn.Upsample(scale_factor=2, mode="nearest")
+            self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=True)
+        else:
+            self.conv = nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1,
+                                           output_padding=1, bias=True)
         self.bn = get_norm(norm, out_channels)
         self.act = get_act(act)
 
@@ -73,13 +89,15 @@ class ResnetGenerator(nn.Module):
 
     H and W must be multiples of 4 (two stride-2 downsamplings, then two exact doublings).
     `ngf`: channels of the first and last hidden layers (64 in the paper); `n_blocks`: residual
-    blocks at 1/4 resolution (6 for 128×128 training images, 9 for 256×256 in the paper).
+    blocks at 1/4 resolution (6 for 128×128 training images, 9 for 256×256 in the paper);
+    `upsample`: "transpose" (the paper's fractionally strided convolutions) or "resize" (see
+    UpConvNormAct; same parameter count).
     """
 
     generative = True  # not a classifier: the classifier zoo tests skip it
 
     def __init__(self, *, in_chans: int = 3, out_chans: int = 3, ngf: int = 64, n_blocks: int = 9,
-                 norm=NORM):
+                 norm=NORM, upsample: str = "transpose"):
         super().__init__()
         if ngf < 1 or n_blocks < 0:
             raise CnnkitError(f"ResnetGenerator needs ngf ≥ 1 and n_blocks ≥ 0, got ngf={ngf}, "
@@ -90,8 +108,8 @@ class ResnetGenerator(nn.Module):
             ConvNormAct(ngf, 2 * ngf, 3, stride=2, padding=1, bias=True, norm=norm),
             ConvNormAct(2 * ngf, 4 * ngf, 3, stride=2, padding=1, bias=True, norm=norm))
         self.blocks = nn.Sequential(*[ResnetBlock(4 * ngf, norm=norm) for _ in range(n_blocks)])
-        self.up = nn.Sequential(UpConvNormAct(4 * ngf, 2 * ngf, norm=norm),  # u128
-                                UpConvNormAct(2 * ngf, ngf, norm=norm))  # u64
+        self.up = nn.Sequential(UpConvNormAct(4 * ngf, 2 * ngf, norm=norm, upsample=upsample),
+                                UpConvNormAct(2 * ngf, ngf, norm=norm, upsample=upsample))
         # c7s1-3: the last conv has a bias and no norm; Tanh matches images scaled to [-1, 1].
         self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_chans, 7),
                                   nn.Tanh())

@@ -32,7 +32,7 @@ from cnnkit.engine.config import RunConfig, config_field
 from cnnkit.engine.device import resolve_device
 from cnnkit.engine.run import Run
 from cnnkit.models import count_parameters, create_model
-from cnnkit.models.cyclegan import patch_side
+from cnnkit.models.cyclegan import UPSAMPLING, patch_side
 from cnnkit.utils import CnnkitError, atomic_path
 
 if "cyclegan" not in TASKS:
@@ -47,8 +47,8 @@ class CycleGanConfig(RunConfig):
     generator, 64-pixel crops, a few epochs); the paper: --ngf 64 --n-blocks 9 (or 6 at 128 px)
     --load-size 286 --crop-size 256 --batch-size 1 --epochs 200 --decay-epochs 100."""
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
-        "dataset", "data_dir", "train_limit", "load_size", "crop_size", "ngf", "n_blocks", "ndf",
-        "n_layers_d", "batch_size", "pool_size", "seed")
+        "dataset", "data_dir", "train_limit", "load_size", "crop_size", "ngf", "n_blocks",
+        "upsample", "ndf", "n_layers_d", "batch_size", "pool_size", "seed")
 
     # --- data ---
     dataset: str | None = config_field(None, "registered unpaired data set (horse2zebra, read from "
@@ -64,6 +64,9 @@ class CycleGanConfig(RunConfig):
     ngf: int = config_field(32, "generator width: channels of its first layer (paper: 64)")
     n_blocks: int = config_field(6, "residual blocks of each generator (paper: 9 at 256 px, "
                                  "6 at 128)")
+    upsample: str = config_field("transpose", "the generator's up-sampling: transpose (the "
+                                 "paper's) or resize (nearest + conv, no checkerboard)",
+                                 choices=UPSAMPLING)
     ndf: int = config_field(64, "discriminator width: channels of its first layer (paper: 64)")
     n_layers_d: int = config_field(3, "strided layers of the PatchGAN (3: 70×70 patches)")
     # --- losses and optimisation ---
@@ -242,7 +245,7 @@ def load_domains(config: CycleGanConfig, split: str, *, load_size: int | None,
 def build_networks(config: CycleGanConfig) -> tuple[dict, dict]:
     """({part: module}, {part: {"name", "kwargs"}}): G: A → B, F: B → A, D_A, D_B."""
     g_name = "cyclegan_resnet_9blocks" if config.n_blocks == 9 else "cyclegan_resnet_6blocks"
-    g_kwargs = dict(ngf=config.ngf, n_blocks=config.n_blocks)
+    g_kwargs = dict(ngf=config.ngf, n_blocks=config.n_blocks, upsample=config.upsample)
     d_kwargs = dict(ndf=config.ndf, n_layers=config.n_layers_d)
     specs = {"generator_ab": {"name": g_name, "kwargs": g_kwargs},
              "generator_ba": {"name": g_name, "kwargs": g_kwargs},
