@@ -92,3 +92,30 @@ def test_pose_bad_input_is_one_line(tmp_path):
     assert_one_line_error(proc, "multiple of 128")
     proc = cnnkit("train", "--model", "lenet", *flags(TINY), "--out-dir", tmp_path)
     assert_one_line_error(proc, "not a pose network")
+
+
+def test_score_canvas_counts_people_and_each_kind_of_skeleton():
+    from cnnkit.data.lsp import MultiPersonCanvas
+    from cnnkit.train.pose import score_canvas
+    torch.manual_seed(0)
+    left = torch.stack([torch.linspace(10, 60, 14), torch.linspace(20, 150, 14)], 1)
+    left[9] = left[2] + torch.tensor([0.0, 50.0])  # torso 50 px: PCK@0.2 radius 10 px
+    right = left + torch.tensor([100.0, 0.0])
+    canvas = MultiPersonCanvas(torch.zeros(3, 200, 200, dtype=torch.uint8),
+                               torch.stack([left, right]), [(0, 100), (100, 200)], ["a", "b"])
+    borrowed = right.clone()
+    borrowed[0] = torch.tensor([50.0, 5.0])  # one joint from the left person's tile
+    partial = left + 1.0
+    partial[5:] = float("nan")  # five joints, all close to the left person: a second skeleton
+    stray = torch.full((14, 2), 190.0)  # near nobody
+    counts = score_canvas([left.clone(), borrowed, partial, stray], canvas)
+    assert counts == dict(people=2, skeletons=4, found=2, correct=1, right=1, mixed=1,
+                          duplicate=1, nobody=1)
+    # half of the found joints must be close: 7 of 14 is enough, 6 is not
+    half = left.clone()
+    half[:7] += 40.0
+    assert score_canvas([half], canvas)["found"] == 1
+    half[7] += 40.0
+    assert score_canvas([half], canvas)["found"] == 0
+    assert score_canvas([], canvas) == dict(people=2, skeletons=0, found=0, correct=0, right=0,
+                                            mixed=0, duplicate=0, nobody=0)

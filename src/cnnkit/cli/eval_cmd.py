@@ -140,7 +140,8 @@ def _detection(args, loaded) -> int:
 
 def _pose(args, loaded) -> int:
     """PCK@0.2 per body part (the LSP table) and OKS AP; bottom-up also lsp-multi assembly."""
-    from cnnkit.train.pose import evaluate_multi, evaluate_pose, pck_table  # noqa: PLC0415
+    from cnnkit.train.pose import (  # noqa: PLC0415
+        evaluate_multi, evaluate_pose, multi_line, pck_table)
     dataset, data = _limited_split(args, loaded)
     if list(data.keypoint_names) != list(loaded.classes):
         raise CnnkitError(f"{loaded.path} predicts the joints {loaded.classes[:4]}..., "
@@ -158,7 +159,5 @@ def _pose(args, loaded) -> int:
     print(pck_table(scores["pck_per_joint"], data.keypoint_names))
     if loaded.spec.get("bottom_up"):
         multi = evaluate_multi(loaded.model, data, precision=precision, scales=args.scales)
-        print(f"lsp-multi ({multi['multi_people']} people on {multi['multi_canvases']} "
-              f"canvases): assembled correctly {multi['assembly_accuracy']:.4f}, found "
-              f"{multi['multi_found']:.4f}")
+        print(multi_line(multi))
     return 0

@@ -140,9 +140,7 @@ def _train(run: Run, config: TrainConfig, log) -> PoseResult:
         f"  AP50 {test['oks_ap50']:.4f}")
     log(pck_table(test["pck_per_joint"], train_set.keypoint_names))
     if bottom_up:
-        log(f"lsp-multi ({test['multi_people']} people on {test['multi_canvases']} canvases): "
-            f"assembled correctly {test['assembly_accuracy']:.4f}, found "
-            f"{test['multi_found']:.4f}")
+        log(multi_line(test))
     if env.is_main:
         _write_figures(run.dir, model, test_set, predicted, test, run.spec,
                        precision=run.precision)
@@ -204,36 +202,78 @@ def evaluate_multi(model: nn.Module, ds: PoseDataset, *, canvases: int | None = 
                    seed: int = 0, precision: str = "fp32", scales: Sequence[float] = (1.0,)
                    ) -> dict:
     """Bottom-up on `lsp-multi`: canvases (default 100, fewer for a data set under 200 images)
-    of 2–3 test images side by side (data/lsp.py). A
-    person counts as found when some parsed skeleton has at least half of its found joints
-    within PCK@0.2 of that person's joints; it is assembled correctly when that skeleton also
-    takes every one of its joints from that person's tile — no limb borrowed from a neighbour.
-    """
+    of 2–3 test images side by side (data/lsp.py), each parsed whole and scored by
+    `score_canvas`; the fractions are of all people (found, assembled correctly) and of all
+    parsed skeletons (right person, joints mixed from two people, a second skeleton of someone
+    already matched, nobody's)."""
     canvases = min(100, max(1, len(ds) // 2)) if canvases is None else canvases
-    people_total = found = correct = 0
+    counts = dict.fromkeys(("people", "found", "correct", "skeletons", "right", "mixed",
+                            "duplicate", "nobody"), 0)
     for canvas in lsp_multi(ds, count=canvases, seed=seed):
         parsed, _, _ = predict_bottom_up(model, canvas.image, scale=BOTTOM_UP_SCALE,
                                          precision=precision, scales=scales)
-        for person, (truth, (left, right)) in enumerate(zip(canvas.joints, canvas.tiles)):
-            people_total += 1
-            torso = float(torch.linalg.vector_norm(truth[9] - truth[2]))
-            best, best_near = None, 0
-            for skeleton in parsed:
-                xy = skeleton.joints[:, :2]
-                ok = torch.isfinite(xy[:, 0])
-                near = int(((torch.linalg.vector_norm(xy - truth, dim=1) <= 0.2 * torso)
-                            & ok).sum())
-                if 2 * near >= int(ok.sum()) and near > best_near:
-                    best, best_near = skeleton, near
-            if best is None:
-                continue
-            found += 1
-            xs = best.joints[:, 0]
-            xs = xs[torch.isfinite(xs)]
-            correct += int(((xs >= left) & (xs < right)).all())
-    return {"multi_canvases": canvases, "multi_people": people_total,
-            "multi_found": found / max(people_total, 1),
-            "assembly_accuracy": correct / max(people_total, 1)}
+        for key, value in score_canvas([p.joints[:, :2] for p in parsed], canvas).items():
+            counts[key] += value
+    people, skeletons = max(counts["people"], 1), max(counts["skeletons"], 1)
+    return {"multi_canvases": canvases, "multi_people": counts["people"],
+            "multi_found": counts["found"] / people,
+            "assembly_accuracy": counts["correct"] / people,
+            "multi_skeletons": counts["skeletons"],
+            **{f"skeletons_{key}": counts[key] / skeletons
+               for key in ("right", "mixed", "duplicate", "nobody")}}
+
+
+def score_canvas(skeletons: list[torch.Tensor], canvas) -> dict[str, int]:
+    """Counts for one lsp-multi canvas; `skeletons` are parsed (J, 2) joints, NaN where missing,
+    best first.
+
+    A skeleton *matches* a person when at least half of its found joints lie within PCK@0.2 of
+    that person's joints (the person with most such joints wins). Per person: *found* when some
+    skeleton matches them, *correct* when the skeleton with most joints near them also takes
+    every joint from their tile — no limb borrowed from a neighbour. Per skeleton, in order:
+    *right* (it matches a person not yet taken by a better skeleton, all joints on that person's
+    tile), *mixed* (the same, with a joint from another tile), *duplicate* (its person was
+    taken), *nobody* (it matches no one).
+    """
+    torsos = torch.linalg.vector_norm(canvas.joints[:, 9] - canvas.joints[:, 2], dim=1)
+    near = torch.zeros(len(skeletons), len(canvas.joints), dtype=torch.long)
+    on_own_tile = torch.zeros(len(skeletons), len(canvas.joints), dtype=torch.bool)
+    for s, xy in enumerate(skeletons):
+        found = torch.isfinite(xy[:, 0])
+        close = torch.linalg.vector_norm(xy[None] - canvas.joints, dim=2) <= 0.2 * torsos[:, None]
+        near[s] = (close & found).sum(1)
+        near[s, 2 * near[s] < int(found.sum())] = 0  # matches only with half its joints close
+        xs = xy[found, 0]
+        on_own_tile[s] = torch.tensor([bool(((xs >= left) & (xs < right)).all())
+                                       for left, right in canvas.tiles])
+    counts = dict(people=len(canvas.joints), skeletons=len(skeletons), found=0, correct=0,
+                  right=0, mixed=0, duplicate=0, nobody=0)
+    for person in range(len(canvas.joints)):
+        if len(skeletons) and int(near[:, person].max()) > 0:
+            counts["found"] += 1
+            counts["correct"] += int(on_own_tile[int(near[:, person].argmax()), person])
+    taken = set()
+    for s in range(len(skeletons)):
+        if int(near[s].max()) == 0:
+            counts["nobody"] += 1
+            continue
+        person = int(near[s].argmax())
+        if person in taken:
+            counts["duplicate"] += 1
+        else:
+            taken.add(person)
+            counts["right" if on_own_tile[s, person] else "mixed"] += 1
+    return counts
+
+
+def multi_line(scores: dict) -> str:
+    """The lsp-multi scores of `evaluate_multi` in two lines."""
+    return (f"lsp-multi ({scores['multi_people']} people on {scores['multi_canvases']} canvases): "
+            f"assembled correctly {scores['assembly_accuracy']:.4f}, found "
+            f"{scores['multi_found']:.4f}\n  {scores['multi_skeletons']} skeletons parsed: right "
+            f"person {scores['skeletons_right']:.3f}, mixed {scores['skeletons_mixed']:.3f}, "
+            f"duplicate {scores['skeletons_duplicate']:.3f}, nobody's "
+            f"{scores['skeletons_nobody']:.3f}")
 
 
 def pck_table(per_joint, names) -> str:
