@@ -41,6 +41,21 @@ def test_a_peak_at_another_scale_lands_on_the_same_image_pixel(factor):
     assert torch.allclose(found, torch.tensor(point), atol=0.25), found
 
 
+@pytest.mark.parametrize("factor", [0.75, 1.0, 1.25])
+def test_a_peak_on_the_mirrored_input_lands_on_the_same_image_pixel(factor):
+    """Flip test geometry: the mirror image's maps, resampled with `mirror_width`, put the
+    peak back on its image pixel (the array mirror alone would be 7/8 of a cell off)."""
+    scale, point = 1.25, (61.3, 47.8)
+    grid = (40 * UPSAMPLE, 48 * UPSAMPLE)
+    other = scale * factor
+    width = 8 * round(48 * factor)  # the mirrored input, a multiple of the stride
+    mirrored_x = (width - 1 - point[0] * other) / other  # input pixel x ↦ W − 1 − x
+    maps = peak_maps((mirrored_x, point[1]), (round(40 * factor), round(48 * factor)), other,
+                     sigma=2)
+    found = image_peak(_resample(maps, grid, scale, other, mirror_width=width), scale)
+    assert torch.allclose(found, torch.tensor(point), atol=0.25), found
+
+
 def test_resampling_at_the_training_scale_is_the_plain_upsampling():
     maps = torch.rand(1, 3, 12, 16)
     grid = (12 * UPSAMPLE, 16 * UPSAMPLE)

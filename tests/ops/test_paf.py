@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cnnkit.ops.paf import (affinity_fields, check_skeleton, confidence_maps, find_peaks,
-                            limb_scores, parse_people)
+                            limb_scores, parse_people, unmirror_channels)
 from cnnkit.utils import CnnkitError
 
 # A five-joint stick figure: head(0)-neck(1), neck-left hand(2), neck-right hand(3), neck-hip(4).
@@ -91,3 +91,26 @@ def test_fields_average_where_limbs_of_two_people_overlap():
 def test_bad_skeletons_are_one_line_errors(limbs, message):
     with pytest.raises(CnnkitError, match=message):
         check_skeleton(limbs, 5)
+
+
+def test_targets_of_the_mirrored_person_unmirror_to_the_persons_own():
+    """Flip test: render the mirror image's person (x ↦ W − 1 − x, left ↔ right), mirror the
+    maps and fields back in space, fix the channels: the original targets, exactly. One limb
+    listed backwards, (3, 1), so its partner (1, 2) is found reversed."""
+    limbs = [(0, 1), (1, 2), (3, 1), (1, 4)]
+    flip_index = [0, 1, 3, 2, 4]
+    size, width = (40, 48), 48
+    joints = torch.tensor([[20.0, 6.0], [21.0, 14.0], [12.0, 19.0], [31.0, 22.0], [22.0, 32.0]])
+    mirrored = joints[flip_index].clone()
+    mirrored[:, 0] = width - 1 - mirrored[:, 0]
+    visible = torch.ones(1, 5, dtype=torch.bool)
+
+    def render(j):
+        return torch.cat([confidence_maps(j[None], visible, size, sigma=1.5),
+                          affinity_fields(j[None], visible, limbs, size, width=1.0)])
+
+    back = unmirror_channels(render(mirrored).flip(-1), 5, limbs, flip_index)
+    assert torch.allclose(back, render(joints), atol=1e-5)
+    assert not torch.allclose(render(mirrored).flip(-1), render(joints), atol=1e-2)
+    with pytest.raises(CnnkitError, match=r"no mirror of limb \(1, 2\)"):
+        unmirror_channels(back, 5, [(0, 1), (1, 2), (1, 4), (0, 3)], flip_index)

@@ -158,6 +158,7 @@ def _pose(args, loaded) -> int:
           f"{scores['oks_ap50']:.4f}")
     print(pck_table(scores["pck_per_joint"], data.keypoint_names))
     if loaded.spec.get("bottom_up"):
-        multi = evaluate_multi(loaded.model, data, precision=precision, scales=args.scales)
+        multi = evaluate_multi(loaded.model, data, precision=precision, scales=args.scales,
+                               flip_index=loaded.spec["flip_index"])
         print(multi_line(multi))
     return 0

@@ -4,7 +4,8 @@ Top-down (HRNet, Sun et al. 2019 §4): each person's box is warped to the input 
 of the crop and of its mirror image (flipped back, shifted one pixel) are averaged, decoded with
 the quarter-pixel offset and mapped back into the image. Bottom-up (OpenPose, Cao et al. 2017):
 the whole image at the training pixel scale, the last stage's maps and fields upsampled ×4 (the
-authors upsample before non-maximum suppression, for sub-stride peaks) and parsed into people.
+authors upsample before non-maximum suppression, for sub-stride peaks) and parsed into people;
+with the flip test, averaged first with the mirror image's maps and fields, mirrored back.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from torch import nn
 from cnnkit.data.pose_loader import MEAN, STD, bottom_up_box, bottom_up_size
 from cnnkit.engine.device import autocast
 from cnnkit.ops.heatmaps import crop_matrix, decode_heatmaps, flip_back, heatmap_to_image, warp_crop
-from cnnkit.ops.paf import Person, parse_people
+from cnnkit.ops.paf import Person, parse_people, unmirror_channels
 
 UPSAMPLE = 4  # bottom-up: parse at stride 8 / 4 = 2 input pixels
 
@@ -59,7 +60,8 @@ def predict_top_down(model: nn.Module, images: Sequence[torch.Tensor], boxes: to
 @torch.inference_mode()
 def predict_bottom_up(model: nn.Module, image: torch.Tensor, *, scale: float,
                       precision: str = "fp32", min_joints: int = 4,
-                      scales: Sequence[float] = (1.0,), single_person: bool = False
+                      scales: Sequence[float] = (1.0,), single_person: bool = False,
+                      flip_index: Sequence[int] | None = None
                       ) -> tuple[list[Person], torch.Tensor, torch.Tensor]:
     """The people in one uint8 image (3, H, W), joints in image pixels, best first; and the
     last stage's confidence maps and fields (at stride 8 of the input) for figures.
@@ -69,23 +71,32 @@ def predict_bottom_up(model: nn.Module, image: torch.Tensor, *, scale: float,
     evaluation code searches 0.5, 1, 1.5 and 2). `single_person`: the image shows one person
     (LSP's protocol), so every joint the parse left out of the best person — a limb whose
     field was too weak breaks the tree there — is taken from its map's strongest peak, and with
-    nobody parsed the best person is made of those peaks."""
+    nobody parsed the best person is made of those peaks. `flip_index` (each joint's mirror
+    partner) adds the flip test at every scale: the mirrored image's maps and fields, mirrored
+    back onto the same grid, joints and limbs swapped left ↔ right (`unmirror_channels`)."""
     model.eval()
     device = next(model.parameters()).device
     size = bottom_up_size(*image.shape[-2:], scale)
     grid = (size[0] // 8 * UPSAMPLE, size[1] // 8 * UPSAMPLE)
+    passes = [(factor, False) for factor in scales]
+    if flip_index is not None:
+        passes += [(factor, True) for factor in scales]
     summed, shown = None, None
-    for factor in scales:
-        maps, fields = _bottom_up_pass(model, image, scale * factor, precision, device)
+    for factor, mirrored in passes:
+        maps, fields = _bottom_up_pass(model, image, scale * factor, precision, device,
+                                       mirrored=mirrored)
         stacked = torch.cat([maps, fields])[None]
-        if factor == 1:  # the plain upsampling: single-scale results stay as they were
+        if factor == 1 and not mirrored:  # the plain upsampling: as without the search
             big = F.interpolate(stacked, size=grid, mode="bicubic", align_corners=False)[0]
         else:
-            big = _resample(stacked, grid, scale, scale * factor)[0]
+            width = bottom_up_size(*image.shape[-2:], scale * factor)[1] if mirrored else None
+            big = _resample(stacked, grid, scale, scale * factor, mirror_width=width)[0]
+        if mirrored:
+            big = unmirror_channels(big, len(maps), model.limbs, flip_index)
         summed = big if summed is None else summed + big
-        if factor == 1 or shown is None:  # figures show the training scale's own maps
+        if (factor == 1 and not mirrored) or shown is None:  # figures: the training scale's
             shown = maps, fields
-    big = summed / len(scales)
+    big = summed / len(passes)
     maps = big[:len(shown[0])]
     people = parse_people(maps, big[len(shown[0]):], model.limbs, min_joints=min_joints)
     if single_person:
@@ -111,22 +122,31 @@ def _complete(person: Person | None, maps: torch.Tensor) -> Person:
 
 
 def _bottom_up_pass(model: nn.Module, image: torch.Tensor, scale: float, precision: str,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last stage's maps and fields (at stride 8) of the whole image at `scale`."""
+                    device: torch.device, *, mirrored: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last stage's maps and fields (at stride 8) of the whole image at `scale` (of its
+    mirror image, input pixel x ↦ W − 1 − x, with `mirrored`)."""
     size = bottom_up_size(*image.shape[-2:], scale)
     matrix = crop_matrix(bottom_up_box(*image.shape[-2:], scale, size), size)
     x = normalise_crops(warp_crop(image, matrix, size)[None]).to(device)
+    if mirrored:
+        x = x.flip(-1)
     with autocast(precision, device.type):
         fields, maps = model(x)
     return maps[-1, 0].float().cpu(), fields[-1, 0].float().cpu()
 
 
-def _resample(stacked: torch.Tensor, grid: tuple[int, int], scale: float, other: float
-              ) -> torch.Tensor:
+def _resample(stacked: torch.Tensor, grid: tuple[int, int], scale: float, other: float, *,
+              mirror_width: int | None = None) -> torch.Tensor:
     """Maps (1, C, h, w) computed at input scale `other` onto the upsampled grid of `scale`:
-    grid cell u is image pixel ((u + ½)/4 − ½)·8/scale, which is map cell (that)·other/8."""
+    grid cell u is image pixel ((u + ½)/4 − ½)·8/scale, which is map cell (that)·other/8.
+    `mirror_width`: the maps are of the mirrored input, `mirror_width` pixels wide, where input
+    pixel x sits at x' = W − 1 − x, i.e. map cell c at (W − 1)/8 − c (not the array mirror,
+    W/8 − 1 − c: the two differ by 7/8 of a cell)."""
     cells = [((torch.arange(n, dtype=torch.float32) + 0.5) / UPSAMPLE - 0.5) * other / scale
              for n in grid]
+    if mirror_width is not None:
+        cells[1] = (mirror_width - 1) / 8 - cells[1]
     h, w = stacked.shape[-2:]
     ys, xs = (2 * cells[0] / max(h - 1, 1) - 1), (2 * cells[1] / max(w - 1, 1) - 1)
     sample = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
@@ -175,7 +195,8 @@ def pose_files(loaded, paths, out_dir) -> list[tuple]:
     for path in paths:
         image = decode_rgb(path)
         if spec.get("bottom_up"):
-            people, _, _ = predict_bottom_up(loaded.model, image, scale=spec["scale"])
+            people, _, _ = predict_bottom_up(loaded.model, image, scale=spec["scale"],
+                                             flip_index=spec["flip_index"])
             joints = torch.stack([p.joints[:, :2] for p in people]) if people else \
                 torch.zeros(0, len(loaded.classes), 2)
         else:

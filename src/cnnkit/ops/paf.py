@@ -20,6 +20,7 @@ y-components of limb l at channels 2l and 2l + 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,29 @@ def affinity_fields(joints: torch.Tensor, visible: torch.Tensor, limbs: list[tup
             fields[limb] += unit.view(2, 1, 1) * on
             counts[limb, 0] += on
     return (fields / counts.clamp(min=1)).reshape(2 * len(limbs), height, width_px)
+
+
+def unmirror_channels(stacked: torch.Tensor, num_joints: int, limbs: list[tuple[int, int]],
+                      flip_index: Sequence[int]) -> torch.Tensor:
+    """Maps and fields (J + 2L, H, W) of a mirrored image, already mirrored back in space, with
+    their channels made the unmirrored image's: joint j takes the map of its partner
+    flip_index[j]; limb (a, b) takes the field of the limb between the partners, its x component
+    negated (the mirror reverses x), and the whole vector negated when the skeleton lists that
+    limb the other way round. The flip test of bottom-up parsing."""
+    index = {limb: k for k, limb in enumerate(limbs)}
+    maps = stacked[:num_joints][list(flip_index)]
+    fields = []
+    for a, b in limbs:
+        partner = (flip_index[a], flip_index[b])
+        if partner in index:
+            k, sign = index[partner], 1.0
+        elif partner[::-1] in index:
+            k, sign = index[partner[::-1]], -1.0
+        else:
+            raise CnnkitError(f"the skeleton has no mirror of limb ({a}, {b}): no flip test")
+        x, y = stacked[num_joints + 2 * k], stacked[num_joints + 2 * k + 1]
+        fields += [-sign * x, sign * y]
+    return torch.cat([maps, torch.stack(fields)])
 
 
 # --- parsing (§3.3–3.5) ---

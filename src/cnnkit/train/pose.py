@@ -135,7 +135,8 @@ def _train(run: Run, config: TrainConfig, log) -> PoseResult:
     test, predicted = evaluate_pose(model, test_set, run.spec, precision=run.precision,
                                     with_oks=True, keep=True)
     if bottom_up:
-        test.update(evaluate_multi(model, test_set, precision=run.precision))
+        test.update(evaluate_multi(model, test_set, precision=run.precision,
+                                   flip_index=run.spec["flip_index"]))
     log(f"test ({len(test_set)} images): PCK@0.2 {test['pck']:.4f}  OKS AP {test['oks_ap']:.4f}"
         f"  AP50 {test['oks_ap50']:.4f}")
     log(pck_table(test["pck_per_joint"], train_set.keypoint_names))
@@ -166,13 +167,14 @@ def predict_joints(model: nn.Module, ds: PoseDataset, spec: dict, *, precision: 
                    scales: Sequence[float] = (1.0,)) -> tuple[torch.Tensor, torch.Tensor]:
     """Joints (N, J, 2) in image pixels and a score per image (the mean heatmap peak, or the
     person's parse score); bottom-up: the best person, completed from the maps (LSP shows one
-    person per photo); `scales`: bottom-up's scale search (inference/pose.py)."""
+    person per photo); both with the flip test; `scales`: bottom-up's scale search
+    (inference/pose.py)."""
     if spec.get("bottom_up"):
         joints, scores = [], []
         for image in ds.images:
             people, _, _ = predict_bottom_up(model, image, scale=BOTTOM_UP_SCALE,
                                              precision=precision, scales=scales,
-                                             single_person=True)
+                                             single_person=True, flip_index=spec["flip_index"])
             joints.append(best_person(people, len(ds.keypoint_names)))
             scores.append(people[0].score if people else 0.0)
         return torch.stack(joints), torch.tensor(scores)
@@ -199,19 +201,20 @@ def evaluate_pose(model: nn.Module, ds: PoseDataset, spec: dict, *, precision: s
 
 
 def evaluate_multi(model: nn.Module, ds: PoseDataset, *, canvases: int | None = None,
-                   seed: int = 0, precision: str = "fp32", scales: Sequence[float] = (1.0,)
-                   ) -> dict:
+                   seed: int = 0, precision: str = "fp32", scales: Sequence[float] = (1.0,),
+                   flip_index: Sequence[int] | None = None) -> dict:
     """Bottom-up on `lsp-multi`: canvases (default 100, fewer for a data set under 200 images)
-    of 2–3 test images side by side (data/lsp.py), each parsed whole and scored by
-    `score_canvas`; the fractions are of all people (found, assembled correctly) and of all
-    parsed skeletons (right person, joints mixed from two people, a second skeleton of someone
-    already matched, nobody's)."""
+    of 2–3 test images side by side (data/lsp.py), each parsed whole (`flip_index`: with the
+    flip test) and scored by `score_canvas`; the fractions are of all people (found, assembled
+    correctly) and of all parsed skeletons (right person, joints mixed from two people, a
+    second skeleton of someone already matched, nobody's)."""
     canvases = min(100, max(1, len(ds) // 2)) if canvases is None else canvases
     counts = dict.fromkeys(("people", "found", "correct", "skeletons", "right", "mixed",
                             "duplicate", "nobody"), 0)
     for canvas in lsp_multi(ds, count=canvases, seed=seed):
         parsed, _, _ = predict_bottom_up(model, canvas.image, scale=BOTTOM_UP_SCALE,
-                                         precision=precision, scales=scales)
+                                         precision=precision, scales=scales,
+                                         flip_index=flip_index)
         for key, value in score_canvas([p.joints[:, :2] for p in parsed], canvas).items():
             counts[key] += value
     people, skeletons = max(counts["people"], 1), max(counts["skeletons"], 1)
