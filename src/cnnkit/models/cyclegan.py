@@ -53,7 +53,8 @@ class UpConvNormAct(nn.Sequential):
     `upsample="resize"`: nearest-neighbour doubling, then a 3×3 convolution with the same
     parameter count — Odena et al. 2016 ("Deconvolution and Checkerboard Artifacts"): a stride-2
     transposed convolution's kernels overlap unevenly, which paints a checkerboard that training
-    must learn to cancel; resizing first spreads every input pixel evenly."""
+    must learn to cancel; resizing first spreads every input pixel evenly. The convolution then
+    runs at the doubled side: four times the layer's multiply-adds."""
 
     def __init__(self, in_channels: int, out_channels: int, *, norm=NORM, act="relu",
                  upsample: str = "transpose"):
