@@ -1,11 +1,13 @@
 """The pose task end to end on real LSP photos: HRNet (top-down) and OpenPose (bottom-up) trained
 by the real `cnnkit train`, judged by PCK@0.2 and OKS AP, then `eval` and `predict` on the
-checkpoints; the task's bad input."""
+checkpoints; the task's bad input; lsp-multi's scoring of hand-made skeletons."""
 import csv
 
 import pytest
 import torch
 
+from cnnkit.data.lsp import MultiPersonCanvas
+from cnnkit.train.pose import score_canvas
 from tests.cli._run import assert_one_line_error, cnnkit
 from tests.conftest import DATASETS
 from tests.train.test_detect import flags
@@ -95,9 +97,6 @@ def test_pose_bad_input_is_one_line(tmp_path):
 
 
 def test_score_canvas_counts_people_and_each_kind_of_skeleton():
-    from cnnkit.data.lsp import MultiPersonCanvas
-    from cnnkit.train.pose import score_canvas
-    torch.manual_seed(0)
     left = torch.stack([torch.linspace(10, 60, 14), torch.linspace(20, 150, 14)], 1)
     left[9] = left[2] + torch.tensor([0.0, 50.0])  # torso 50 px: PCK@0.2 radius 10 px
     right = left + torch.tensor([100.0, 0.0])
