@@ -13,7 +13,7 @@ from cnnkit.data.array_dataset import resize_images
 from cnnkit.data.unpaired import load_unpaired, to_unit_range
 from cnnkit.generation.fid import Classifier, features, frechet_distance, statistics
 from cnnkit.generation.judge import (NOT_INCEPTION, judge_generators, judge_translation,
-                                     load_judge)
+                                     load_judge, summarise_judges)
 from cnnkit.train.classify import train
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.cyclegan import CycleGanConfig, train_cyclegan
@@ -137,6 +137,28 @@ def test_cli_eval_prints_the_judgement(setup):
         assert j.n == j.n_real == j.n_floor == 5 and j.fid >= 0 and j.cycle_l1 > 0
     assert f"{result.judge_accuracy:.1%}" in out and f"resized whole to {SIDE}×{SIDE}" in out
     assert NOT_INCEPTION in out and "NOT Inception-FID" in out
+
+
+def test_cli_eval_with_several_judges_prints_their_mean_and_spread(setup):
+    second = _judge(setup["tmp"], "judge_seed1", data_dir=str(setup["data_dir"]), seed=1)
+    proc = cnnkit("cyclegan", "eval", setup["gan"], "--judge", setup["judge"], second,
+                  "--n", "5")
+    assert proc.returncode == 0, proc.stderr
+    results = [judge_translation(setup["gan"], j, n=5, device="cpu")
+               for j in (setup["judge"], second)]
+    assert proc.stdout.count("NOT Inception-FID") == 2  # each judge's own table
+    assert "over 2 judges: mean ± standard deviation [min – max]" in proc.stdout
+    for name, first in results[0].directions.items():
+        successes = sorted(100 * r.directions[name].success for r in results)
+        ratios = [r.directions[name].fid_ratio for r in results]
+        row = next(line for line in proc.stdout.splitlines()
+                   if line.startswith(f"{first.source} → ") and "±" in line and "[" in line)
+        mean = sum(successes) / 2
+        spread = abs(successes[1] - successes[0]) / 2 ** 0.5  # the sample sd of two values
+        assert f"success {mean:.1f}% ± {spread:.1f}% [{successes[0]:.1f}% – {successes[1]:.1f}%]" \
+            in row, row
+        assert f"FID/floor {sum(ratios) / 2:.2f} ± " in row, row
+    assert summarise_judges(results[:1]).count("± 0.00") == 2  # one judge: no spread
 
 
 def test_cli_errors_for_judges_that_do_not_fit(setup):

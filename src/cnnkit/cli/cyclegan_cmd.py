@@ -43,9 +43,10 @@ def add_arguments(parser) -> None:
                                    "target domain, FID/KID in the judge's feature space beside "
                                    "the real-vs-real floor (not Inception-FID), cycle L1.")
     e.add_argument("checkpoint", type=Path, help="CycleGAN run folder or .pt file")
-    e.add_argument("--judge", type=Path, required=True,
+    e.add_argument("--judge", type=Path, required=True, nargs="+",
                    help="the judge: a `cnnkit train` run folder or .pt whose two classes are the "
-                        "CycleGAN's domains")
+                        "CycleGAN's domains; several (e.g. other seeds): each one's table, then "
+                        "the mean and spread over them")
     e.add_argument("--n", type=int, default=None,
                    help="judge only the first N test images of each domain (default: all)")
     e.add_argument("--image-size", type=int, default=None,
@@ -59,10 +60,16 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     if args.what == "eval":
-        from cnnkit.generation.judge import format_judgement, judge_translation  # noqa: PLC0415
-        result = judge_translation(args.checkpoint, args.judge, image_size=args.image_size,
-                                   n=args.n, data_dir=args.data_dir, device=args.device)
-        print(format_judgement(result))
+        from cnnkit.generation.judge import (  # noqa: PLC0415
+            format_judgement, judge_translation, summarise_judges)
+        results = []
+        for judge in args.judge:
+            results.append(judge_translation(args.checkpoint, judge, image_size=args.image_size,
+                                             n=args.n, data_dir=args.data_dir,
+                                             device=args.device))
+            print(format_judgement(results[-1]), flush=True)
+        if len(results) > 1:
+            print(summarise_judges(results))
         return 0
     if args.what == "translate":
         written = translate_files(args.checkpoint, args.images, args.out_dir,

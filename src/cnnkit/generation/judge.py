@@ -247,6 +247,25 @@ def format_judgement(result: TranslationJudgement) -> str:
     return "\n".join(lines)
 
 
+def summarise_judges(results: list[TranslationJudgement]) -> str:
+    """Several judges (e.g. one recipe, other seeds) of the same generators, per direction: the
+    mean, spread and range of the success and of FID / floor. One judge's FID / floor can move
+    threefold with its seed alone (docs/benchmarks.md, CycleGAN), so a verdict should not rest
+    on one."""
+    lines = [f"over {len(results)} judges: mean ± standard deviation [min – max]"]
+    for name, first in results[0].directions.items():
+        rows = [r.directions[name] for r in results]
+        cells = []
+        for label, values, fmt in (("success", [100 * j.success for j in rows], "{:.1f}%"),
+                                   ("FID/floor", [j.fid_ratio for j in rows], "{:.2f}")):
+            values = np.array(values)
+            spread = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append(f"{label} {fmt.format(values.mean())} ± {fmt.format(spread)} "
+                         f"[{fmt.format(values.min())} – {fmt.format(values.max())}]")
+        lines.append(f"{first.source + ' → ' + first.target:<20} " + "   ".join(cells))
+    return "\n".join(lines)
+
+
 __all__ = ["DirectionJudgement", "TranslationJudgement", "load_judge", "judge_images",
            "translate_and_cycle", "judge_generators", "judge_translation", "format_judgement",
-           "NOT_INCEPTION"]
+           "summarise_judges", "NOT_INCEPTION"]
