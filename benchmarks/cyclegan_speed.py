@@ -43,8 +43,8 @@ def pairs_per_second(out: Path, name: str, crop: int, ngf: int, blocks: int, ups
                "--data-dir", str(DATASETS), "--train-limit", str(limit), "--epochs", "2",
                "--decay-epochs", "0", "--crop-size", str(crop), "--load-size",
                str(crop * 9 // 8), "--ngf", str(ngf), "--n-blocks", str(blocks), "--grid-images",
-               "1", "--upsample", upsample, "--precision", precision, "--quiet", "--no-tensorboard", "--out-dir",
-               str(out), "--name", name]
+               "1", "--upsample", upsample, "--precision", precision, "--quiet",
+               "--no-tensorboard", "--out-dir", str(out), "--name", name]
     if threads:
         command += ["--threads", str(threads)]
     subprocess.run(command, check=True, capture_output=True)

@@ -61,13 +61,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.what == "eval":
         from cnnkit.generation.judge import (  # noqa: PLC0415
-            format_judgement, judge_translation, summarise_judges)
-        results = []
-        for judge in args.judge:
-            results.append(judge_translation(args.checkpoint, judge, image_size=args.image_size,
-                                             n=args.n, data_dir=args.data_dir,
-                                             device=args.device))
-            print(format_judgement(results[-1]), flush=True)
+            format_judgement, judge_translations, summarise_judges)
+        results = judge_translations(args.checkpoint, args.judge, image_size=args.image_size,
+                                     n=args.n, data_dir=args.data_dir, device=args.device)
+        print("\n".join(format_judgement(result) for result in results))
         if len(results) > 1:
             print(summarise_judges(results))
         return 0

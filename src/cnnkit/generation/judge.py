@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -202,6 +203,17 @@ def judge_translation(cyclegan_checkpoint: str | Path, judge_checkpoint: str | P
     n: only the first n test images of each domain (default: all); data_dir: where the CycleGAN's
     data set lives, when not where its run read it (its saved --data-dir).
     """
+    return judge_translations(cyclegan_checkpoint, [judge_checkpoint], image_size=image_size,
+                              n=n, data_dir=data_dir, device=device, seed=seed)[0]
+
+
+def judge_translations(cyclegan_checkpoint: str | Path, judge_checkpoints: Sequence[str | Path],
+                       *, image_size: int | None = None, n: int | None = None,
+                       data_dir: str | Path | None = None, device: str = "auto",
+                       seed: int = 0) -> list[TranslationJudgement]:
+    """`judge_translation` by each of several judges (e.g. one recipe, other seeds): the
+    generators and the domains' photos are loaded once, every judge is checked before any is
+    run."""
     from cnnkit.train.cyclegan import CycleGanConfig, load_domains  # noqa: PLC0415 (the task)
     if n is not None and n < 3:
         raise CnnkitError(f"--n must be at least 3 images (KID's jackknife), got {n}")
@@ -212,16 +224,16 @@ def judge_translation(cyclegan_checkpoint: str | Path, judge_checkpoint: str | P
                                  prefer="last", part=part)
     loaded = parts["generator_ab"]
     domains = tuple(loaded.classes)
-    judge = load_judge(judge_checkpoint, domains)
+    judges = [load_judge(path, domains) for path in judge_checkpoints]
     saved = loaded.config
     config = CycleGanConfig(dataset=saved.get("dataset"), quiet=True,
                             data_dir=str(data_dir or saved.get("data_dir", "~/.cache/cnnkit")))
     test, _ = load_domains(config, "test", load_size=None, limit=n)
     longest = max(len(test.a), len(test.b))
     train, _ = load_domains(config, "train", load_size=None, limit=longest)
-    return judge_generators(parts["generator_ab"].model, parts["generator_ba"].model, judge, test,
-                            train, domains, image_size=image_size or loaded.image_shape[-1],
-                            device=device, seed=seed)
+    return [judge_generators(parts["generator_ab"].model, parts["generator_ba"].model, judge,
+                             test, train, domains, image_size=image_size or loaded.image_shape[-1],
+                             device=device, seed=seed) for judge in judges]
 
 
 def format_judgement(result: TranslationJudgement) -> str:
@@ -267,5 +279,6 @@ def summarise_judges(results: list[TranslationJudgement]) -> str:
 
 
 __all__ = ["DirectionJudgement", "TranslationJudgement", "load_judge", "judge_images",
-           "translate_and_cycle", "judge_generators", "judge_translation", "format_judgement",
+           "translate_and_cycle", "judge_generators", "judge_translation", "judge_translations",
+           "format_judgement",
            "summarise_judges", "NOT_INCEPTION"]

@@ -78,25 +78,25 @@ def predict_bottom_up(model: nn.Module, image: torch.Tensor, *, scale: float,
     device = next(model.parameters()).device
     size = bottom_up_size(*image.shape[-2:], scale)
     grid = (size[0] // 8 * UPSAMPLE, size[1] // 8 * UPSAMPLE)
-    passes = [(factor, False) for factor in scales]
-    if flip_index is not None:
-        passes += [(factor, True) for factor in scales]
-    summed, shown = None, None
-    for factor, mirrored in passes:
-        maps, fields = _bottom_up_pass(model, image, scale * factor, precision, device,
-                                       mirrored=mirrored)
-        stacked = torch.cat([maps, fields])[None]
-        if factor == 1 and not mirrored:  # the plain upsampling: as without the search
-            big = F.interpolate(stacked, size=grid, mode="bicubic", align_corners=False)[0]
-        else:
-            width = bottom_up_size(*image.shape[-2:], scale * factor)[1] if mirrored else None
-            big = _resample(stacked, grid, scale, scale * factor, mirror_width=width)[0]
-        if mirrored:
-            big = unmirror_channels(big, len(maps), model.limbs, flip_index)
-        summed = big if summed is None else summed + big
-        if (factor == 1 and not mirrored) or shown is None:  # figures: the training scale's
-            shown = maps, fields
-    big = summed / len(passes)
+    summed, shown, passes = None, None, 0
+    for factor in scales:
+        width = bottom_up_size(*image.shape[-2:], scale * factor)[1]
+        outputs = _bottom_up_pass(model, image, scale * factor, precision, device,
+                                  with_mirror=flip_index is not None)
+        for mirrored, (maps, fields) in zip((False, True), outputs):
+            stacked = torch.cat([maps, fields])[None]
+            if factor == 1 and not mirrored:  # the plain upsampling: as without the search
+                big = F.interpolate(stacked, size=grid, mode="bicubic", align_corners=False)[0]
+            else:
+                big = _resample(stacked, grid, scale, scale * factor,
+                                mirror_width=width if mirrored else None)[0]
+            if mirrored:
+                big = unmirror_channels(big, len(maps), model.limbs, flip_index)
+            summed = big if summed is None else summed + big
+            passes += 1
+        if factor == 1 or shown is None:  # figures show the training scale's own maps
+            shown = outputs[0]
+    big = summed / passes
     maps = big[:len(shown[0])]
     people = parse_people(maps, big[len(shown[0]):], model.limbs, min_joints=min_joints)
     if single_person:
@@ -122,18 +122,19 @@ def _complete(person: Person | None, maps: torch.Tensor) -> Person:
 
 
 def _bottom_up_pass(model: nn.Module, image: torch.Tensor, scale: float, precision: str,
-                    device: torch.device, *, mirrored: bool = False
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last stage's maps and fields (at stride 8) of the whole image at `scale` (of its
-    mirror image, input pixel x ↦ W − 1 − x, with `mirrored`)."""
+                    device: torch.device, *, with_mirror: bool = False
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The last stage's (maps, fields) (at stride 8) of the whole image at `scale`; with
+    `with_mirror` also those of its mirror image (input pixel x ↦ W − 1 − x), from the same
+    warped input in one batch of two (eval mode: the batch does not change either)."""
     size = bottom_up_size(*image.shape[-2:], scale)
     matrix = crop_matrix(bottom_up_box(*image.shape[-2:], scale, size), size)
-    x = normalise_crops(warp_crop(image, matrix, size)[None]).to(device)
-    if mirrored:
-        x = x.flip(-1)
+    x = normalise_crops(warp_crop(image, matrix, size)[None]).to(device)  # (1, 3, H, W)
+    if with_mirror:
+        x = torch.cat([x, x.flip(-1)])  # (2, 3, H, W)
     with autocast(precision, device.type):
-        fields, maps = model(x)
-    return maps[-1, 0].float().cpu(), fields[-1, 0].float().cpu()
+        fields, maps = model(x)  # (stages, B, C, H/8, W/8)
+    return [(maps[-1, b].float().cpu(), fields[-1, b].float().cpu()) for b in range(len(x))]
 
 
 def _resample(stacked: torch.Tensor, grid: tuple[int, int], scale: float, other: float, *,
