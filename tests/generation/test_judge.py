@@ -4,6 +4,7 @@ domain, cycle L1 = 0; swapping in real target images: success = the judge's accu
 the floor), a tiny trained CycleGAN judged by `cnnkit cyclegan eval` in a real process, and its
 one-line errors."""
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -178,3 +179,52 @@ def test_cli_errors_for_judges_that_do_not_fit(setup):
         judge_translation(setup["gan"], setup["judge"], n=2)
     with pytest.raises(CnnkitError, match=r"--image-size must be a positive multiple of 4"):
         judge_translation(setup["gan"], setup["judge"], n=3, image_size=30, device="cpu")
+
+
+def test_held_out_training_images_judge_each_epoch_and_pick_best_pt(setup):
+    """--val-images 3 --judge J: the last 3 of the 8 training images per domain never train; each
+    epoch's averaged generators are judged on them, and best.pt is the epoch whose worse
+    direction has the lowest FID / floor — the same verdict a direct call gives."""
+    gan = train_cyclegan(CycleGanConfig(
+        dataset="horse2zebra", data_dir=str(setup["data_dir"]), train_limit=8, load_size=SIDE + 4,
+        crop_size=SIDE, ngf=4, ndf=4, n_blocks=1, n_layers_d=2, pool_size=2, epochs=3,
+        grid_images=1, val_images=3, judge=str(setup["judge"]), ema_decay=0.5,
+        out_dir=str(setup["tmp"]), name="gan_val", **QUIET), log=lambda *_: None)
+    history = gan.history
+    ratios = [row["val_fid_ratio"] for row in history]
+    assert all(r == max(row["val_fid_ratio_ab"], row["val_fid_ratio_ba"])
+               for r, row in zip(ratios, history))
+    best = torch.load(gan.run_dir / "best.pt", weights_only=True)
+    assert best["best"]["epoch"] == 1 + ratios.index(min(ratios))
+    assert best["position"]["epochs_done"] == best["best"]["epoch"]
+    # 5 training images per domain: 5 steps an epoch, one pair each
+    assert best["position"]["step"] == 5 * best["best"]["epoch"]
+    # `cyclegan eval` of the folder reads best.pt, its averaged generators (EMA ≠ live weights)
+    live, averaged = best["models"]["generator_ab"], best["ema"]["generator_ab"]["model"]
+    assert any(not torch.equal(live[k], averaged[k]) for k in live)
+    from cnnkit.inference.load import load_model  # noqa: PLC0415
+    g_ab, g_ba = (load_model(gan.run_dir, task="cyclegan", part=p).model
+                  for p in ("generator_ab", "generator_ba"))
+    assert all(torch.equal(v, averaged[k]) for k, v in g_ab.state_dict().items())
+    held = load_unpaired(setup["root"], "train", limit=8)
+    val = replace(held, a=held.a[5:], b=held.b[5:])
+    floor = replace(held, a=held.a[:5], b=held.b[:5])
+    verdict = judge_generators(g_ab, g_ba, load_judge(setup["judge"]), val, floor,
+                               ("horse", "zebra"), image_size=SIDE)
+    row = history[best["best"]["epoch"] - 1]
+    assert row["val_fid_ratio_ab"] == pytest.approx(verdict.directions["AtoB"].fid_ratio)
+    assert row["val_success_ba"] == pytest.approx(verdict.directions["BtoA"].success)
+
+
+def test_held_out_images_need_a_judge_and_leave_training_images(setup):
+    common = dict(dataset="horse2zebra", data_dir=str(setup["data_dir"]), train_limit=4,
+                  load_size=SIDE + 4, crop_size=SIDE, out_dir=str(setup["tmp"]), **QUIET)
+    with pytest.raises(CnnkitError, match="--val-images and --judge go together"):
+        CycleGanConfig(val_images=3, **common).validate()
+    with pytest.raises(CnnkitError, match="--val-images must be at least 3"):
+        CycleGanConfig(val_images=2, judge=str(setup["judge"]), **common).validate()
+    with pytest.raises(CnnkitError, match="--val-images 4 leaves no training images"):
+        train_cyclegan(CycleGanConfig(val_images=4, judge=str(setup["judge"]), name="none",
+                                      **common), log=lambda *_: None)
+    with pytest.raises(CnnkitError, match="--ema-decay must be in"):
+        CycleGanConfig(ema_decay=1.0, **common).validate()

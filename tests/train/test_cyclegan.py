@@ -25,7 +25,7 @@ QUIET = dict(log=lambda *_: None)
 # 12 images per domain, 16-pixel crops, 1-block generators, 2-layer PatchGANs: a second per epoch.
 TINY = ["--load-size", "20", "--crop-size", "16", "--ngf", "8", "--ndf", "8", "--n-blocks", "1",
         "--n-layers-d", "2", "--pool-size", "4", "--batch-size", "1", "--epochs", "3",
-        "--grid-images", "2", "--quiet", "--threads", "1", "--deterministic", "--precision",
+        "--grid-images", "2", "--ema-decay", "0.9", "--quiet", "--threads", "1", "--deterministic", "--precision",
         "fp32", "--no-tensorboard"]
 
 
@@ -161,12 +161,22 @@ def test_tiny_end_to_end_run_writes_its_folder(data, tmp_path):
         assert grid.size[0] > 200
 
 
+def _weights(ckpt) -> dict:
+    """Every saved tensor of the four networks and of the generators' averages, by name."""
+    named = {(part, key): value for part, state in ckpt["models"].items()
+             for key, value in state.items()}
+    named.update({(f"ema {part}", key): value for part, ema in ckpt["ema"].items()
+                  for key, value in ema["model"].items()})
+    return named
+
+
 def _same_run(a_dir, b_dir):
     a, b = (torch.load(d / "last.pt", weights_only=True) for d in (a_dir, b_dir))
     assert a["position"] == b["position"]
-    for part, state in a["models"].items():
-        for key, value in state.items():
-            assert torch.equal(value, b["models"][part][key]), f"{part}.{key}"
+    weights_a, weights_b = _weights(a), _weights(b)
+    assert weights_a.keys() == weights_b.keys()
+    for name, value in weights_a.items():
+        assert torch.equal(value, weights_b[name]), name
     for d in "ab":
         pa, pb = a["extra"]["pools"][d], b["extra"]["pools"][d]
         assert torch.equal(pa["rng"], pb["rng"])
@@ -199,6 +209,8 @@ def test_sigkill_then_resume_is_bit_identical(data, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     _same_run(tmp_path / "whole", tmp_path / "killed")
+    ema = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["ema"]
+    assert set(ema) == {"generator_ab", "generator_ba"} and ema["generator_ab"]["decay"] == 0.9
     # translate: the run's generators on image files, at their own size (a multiple of 4)
     inputs = sorted((data / "testA").iterdir())[:2]
     proc = cyclegan("translate", tmp_path / "whole", *inputs, "--direction", "BtoA", "-o",

@@ -221,7 +221,7 @@ def judge_translations(cyclegan_checkpoint: str | Path, judge_checkpoints: Seque
     parts = {}
     for part in ("generator_ab", "generator_ba"):
         parts[part] = load_model(cyclegan_checkpoint, task="cyclegan", command=COMMAND,
-                                 prefer="last", part=part)
+                                 prefer="best", part=part)
     loaded = parts["generator_ab"]
     domains = tuple(loaded.classes)
     judges = [load_judge(path, domains) for path in judge_checkpoints]

@@ -27,10 +27,12 @@ from cnnkit.data import get_dataset_info, load_dataset
 from cnnkit.data.array_dataset import resize_images
 from cnnkit.data.imagefolder import decode_image
 from cnnkit.data.unpaired import UnpairedDataset, UnpairedLoader, load_unpaired, to_unit_range
+from cnnkit.diffusion.ema import EMA
 from cnnkit.engine.checkpoint import TASKS, register_task
 from cnnkit.engine.config import RunConfig, config_field
 from cnnkit.engine.device import resolve_device
 from cnnkit.engine.run import Run
+from cnnkit.generation.judge import judge_generators, load_judge
 from cnnkit.models import count_parameters, create_model
 from cnnkit.models.cyclegan import UPSAMPLING, patch_side
 from cnnkit.utils import CnnkitError, atomic_path
@@ -48,7 +50,8 @@ class CycleGanConfig(RunConfig):
     --load-size 286 --crop-size 256 --batch-size 1 --epochs 200 --decay-epochs 100."""
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
         "dataset", "data_dir", "train_limit", "load_size", "crop_size", "ngf", "n_blocks",
-        "upsample", "ndf", "n_layers_d", "batch_size", "pool_size", "seed")
+        "upsample", "ndf", "n_layers_d", "batch_size", "pool_size", "seed", "ema_decay",
+        "val_images", "judge")
 
     # --- data ---
     dataset: str | None = config_field(None, "registered unpaired data set (horse2zebra, read from "
@@ -80,6 +83,17 @@ class CycleGanConfig(RunConfig):
     lr: float = config_field(2e-4, "Adam learning rate of all four networks")
     beta1: float = config_field(0.5, "Adam β1")
     beta2: float = config_field(0.999, "Adam β2")
+    ema_decay: float | None = config_field(None, "keep an exponential moving average of both "
+                                           "generators' weights with this decay per step (e.g. "
+                                           "0.999); grids, judging and translate use it "
+                                           "(unset: the paper's last weights)")
+    # --- choosing the epoch (never on the test images) ---
+    val_images: int = config_field(0, "hold the last N training images of each domain out of "
+                                   "training, for --judge to score every epoch on")
+    judge: str | None = config_field(None, "a domain judge (`cnnkit train --dataset "
+                                     "horse2zebra-domains` run or .pt): judges each epoch on "
+                                     "the held-out --val-images; best.pt keeps the epoch whose "
+                                     "worse direction has the lowest FID / floor")
     grid_images: int = config_field(4, "fixed test images per direction in each epoch's grid")
 
     def validate(self) -> "CycleGanConfig":
@@ -113,12 +127,22 @@ class CycleGanConfig(RunConfig):
         for key in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise CnnkitError(f"--{key} must be in [0, 1), got {getattr(self, key)}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise CnnkitError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if (self.judge is None) != (self.val_images == 0):
+            raise CnnkitError("--val-images and --judge go together: the judge scores each epoch "
+                              "on the held-out images")
+        if self.judge is not None and self.val_images < 3:
+            raise CnnkitError(f"--val-images must be at least 3 (FID and KID need 3 images per "
+                              f"domain), got {self.val_images}")
         return self
 
     def resolve(self) -> "CycleGanConfig":
         self.validate()
         if self.decay_epochs is None:
             self.decay_epochs = self.epochs // 2
+        if self.judge is not None:  # absolute, so that a resume from elsewhere finds it
+            self.judge = str(Path(self.judge).expanduser().resolve())
         return self
 
 
@@ -242,6 +266,38 @@ def load_domains(config: CycleGanConfig, split: str, *, load_size: int | None,
     return ds, tuple(info.classes)
 
 
+def hold_out(config: CycleGanConfig, data: UnpairedDataset
+             ) -> tuple[UnpairedDataset, dict[str, UnpairedDataset]]:
+    """(the training images less the last --val-images of each domain, {"val": those held out,
+    "floor": the rest}) — the latter two at the images' own size, as the test images are judged,
+    so that the validation floor (real training vs real held-out images) is measured alike."""
+    n = config.val_images
+    if min(len(data.a), len(data.b)) <= n:
+        raise CnnkitError(f"--val-images {n} leaves no training images: the domains have "
+                          f"{len(data.a)} and {len(data.b)}")
+    native, _ = load_domains(config, "train", load_size=None, limit=config.train_limit)
+
+    def part(ds: UnpairedDataset, rows: slice) -> UnpairedDataset:
+        return replace(ds, a=ds.a[rows], b=ds.b[rows], files_a=ds.files_a[rows],
+                       files_b=ds.files_b[rows])
+    return part(data, slice(-n)), {"val": part(native, slice(-n, None)),
+                                   "floor": part(native, slice(-n))}
+
+
+def validation_row(g_ab: nn.Module, g_ba: nn.Module, judge, held_out: dict, domains,
+                   config: CycleGanConfig, device) -> dict[str, float]:
+    """The judge's verdict on the held-out training images (generation/judge.judge_generators),
+    as metrics.csv columns; val_fid_ratio, the worse direction's FID / floor, picks best.pt."""
+    verdict = judge_generators(g_ab, g_ba, judge, held_out["val"], held_out["floor"], domains,
+                               image_size=config.crop_size, device=device, seed=config.seed)
+    row = {}
+    for name, key in (("AtoB", "ab"), ("BtoA", "ba")):
+        row[f"val_success_{key}"] = verdict.directions[name].success
+        row[f"val_fid_ratio_{key}"] = verdict.directions[name].fid_ratio
+    row["val_fid_ratio"] = max(row["val_fid_ratio_ab"], row["val_fid_ratio_ba"])
+    return row
+
+
 def build_networks(config: CycleGanConfig) -> tuple[dict, dict]:
     """({part: module}, {part: {"name", "kwargs"}}): G: A → B, F: B → A, D_A, D_B."""
     g_name = "cyclegan_resnet_9blocks" if config.n_blocks == 9 else "cyclegan_resnet_6blocks"
@@ -269,6 +325,10 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
         raise CnnkitError("cnnkit cyclegan trains in one process; run it without torchrun")
     data, domains = load_domains(config, "train", load_size=config.load_size or None,
                                  limit=config.train_limit)
+    held_out = None
+    if config.val_images:
+        data, held_out = hold_out(config, data)
+        judge = load_judge(config.judge, domains)
     loader = UnpairedLoader(data, config.batch_size, crop_size=config.crop_size,
                             hflip=config.hflip, seed=config.seed)
     test, _ = load_domains(config, "test", load_size=None, limit=config.grid_images)
@@ -285,8 +345,10 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
     # Separate seeds: the two pools must not draw the same swaps.
     pools = {"a": ImagePool(config.pool_size, config.seed + 1),
              "b": ImagePool(config.pool_size, config.seed + 2)}
+    emas = {} if config.ema_decay is None else {
+        part: EMA(nets[part], decay=config.ema_decay) for part in ("generator_ab", "generator_ba")}
     run.restore(models=nets, optimizers={"generators": opt_g, "discriminators": opt_d},
-                extra={"pools": None},
+                ema=emas, extra={"pools": None},
                 spec={"models": specs, "infer": "generator_ab", "classes": list(domains),
                       "mean": [0.5] * 3, "std": [0.5] * 3,
                       "image_shape": [3, config.crop_size, config.crop_size]})
@@ -315,6 +377,8 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
                     g_ab, g_ba, d_a, d_b, real_a, real_b, lambda_cycle=config.lambda_cycle,
                     lambda_identity=config.lambda_identity)
             run.step(losses["g_total"], opt_g, name="g_loss")
+            for ema in emas.values():
+                ema.update()
             for net in (d_a, d_b):
                 net.requires_grad_(True)
             # Discriminators: D_A tells real a from F(b), D_B real b from G(a); fakes via pools.
@@ -329,10 +393,15 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
             run.extra["pools"] = {key: pool.state_dict() for key, pool in pools.items()}
         if not batches.complete:  # stopped mid-epoch: last.pt holds the position and the pools
             break
-        _write_grid(run.dir, epoch, g_ab, g_ba, fixed, domains)
+        # What translate and judging will use: the averaged weights where the run keeps them.
+        shown = [emas[p].model if emas else nets[p] for p in ("generator_ab", "generator_ba")]
+        _write_grid(run.dir, epoch, *shown, fixed, domains)
         seen = run.sums["seen"]
-        run.end_epoch({"lr": lr, **{k: v / seen for k, v in run.sums.items() if k != "seen"}},
-                      batches=batches)
+        row = {"lr": lr, **{k: v / seen for k, v in run.sums.items() if k != "seen"}}
+        if held_out is not None:
+            row.update(validation_row(*shown, judge, held_out, domains, config, run.device))
+        run.end_epoch(row, batches=batches,
+                      monitor=("val_fid_ratio", "min") if held_out is not None else None)
         from cnnkit.viz.cyclegan import plot_cyclegan_losses  # noqa: PLC0415  (matplotlib)
         plot_cyclegan_losses(run.dir / "metrics.csv", run.dir / "losses.png")
     run.finish()
@@ -364,7 +433,7 @@ def load_translator(checkpoint: str | Path, direction: str = "AtoB", *, device: 
         raise CnnkitError(f"--direction must be AtoB or BtoA, got '{direction}'")
     part = "generator_ab" if direction == "AtoB" else "generator_ba"
     loaded = load_model(checkpoint, task="cyclegan", command="`cnnkit cyclegan translate`",
-                        prefer="last", part=part)
+                        prefer="best", part=part)
     return loaded.model.to(device).eval(), loaded.classes
 
 
