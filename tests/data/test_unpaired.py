@@ -119,6 +119,19 @@ def test_loader_epochs_cover_the_larger_domain_once(tmp_path):
         UnpairedLoader(ds, 2, crop_size=9)
 
 
+def test_ranks_take_slices_of_the_one_process_batch():
+    """Under torchrun, rank r of W with batch B gets the r-th B pairs of the batch B·W a single
+    process draws — crops and flips included (real photos, random crops)."""
+    ds = load_unpaired(HORSE2ZEBRA, limit=7, load_size=24)
+    whole = UnpairedLoader(ds, 4, crop_size=16, seed=5)
+    ranks = [UnpairedLoader(ds, 2, crop_size=16, seed=5, rank=r, world_size=2) for r in (0, 1)]
+    for loader in (whole, *ranks):
+        loader.set_epoch(2)
+    assert len(whole) == len(ranks[0]) == 1  # 7 // 4, 7 // (2 · 2)
+    for (a, b), (a0, b0), (a1, b1) in zip(whole, *ranks, strict=True):
+        assert torch.equal(a, torch.cat([a0, a1])) and torch.equal(b, torch.cat([b0, b1]))
+
+
 def test_horse2zebra_is_registered_and_reads_the_shared_folder(tmp_path):
     info = get_dataset_info("horse2zebra")
     assert info.task == "translate" and info.classes == ("horse", "zebra")

@@ -131,6 +131,28 @@ def config_from_args(args: argparse.Namespace, config_cls):
     return config
 
 
+def add_nproc_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="train data-parallel in N processes on this machine (launches "
+                             "torchrun; global batch = N × batch size)")
+
+
+def flags_given(args: argparse.Namespace, config_cls) -> list[str]:
+    """The config flags of this command line (so not --nproc), for each process torchrun starts."""
+    argv = [] if args.config is None else ["--config", str(args.config)]
+    for f in fields(config_cls):
+        value, flag = getattr(args, f.name, None), "--" + f.name.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, dict):
+            argv += [flag, ",".join(f"{k}={v}" for k, v in value.items())]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise CnnkitError(f"config file not found: {path}")

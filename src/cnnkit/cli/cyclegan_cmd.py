@@ -5,10 +5,13 @@ Until cli/main.py lists it, the same commands run as `python -m cnnkit.cli.cycle
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-from cnnkit.cli._args import OneLineParser, add_config_arguments, config_from_args
+from cnnkit.cli._args import (OneLineParser, add_config_arguments, add_nproc_argument,
+                              config_from_args, flags_given)
+from cnnkit.engine.distributed import launch
 from cnnkit.train.cyclegan import DIRECTIONS, CycleGanConfig, train_cyclegan, translate_files
 from cnnkit.utils import CnnkitError
 
@@ -21,6 +24,7 @@ def add_arguments(parser) -> None:
                                    "metrics.csv, a translation grid per epoch, losses.png and "
                                    "last.pt into the run folder.")
     add_config_arguments(p, CycleGanConfig)
+    add_nproc_argument(p)
     t = sub.add_parser("translate", help="translate image files with a trained CycleGAN",
                        description="Translate images with a CycleGAN checkpoint's generator; "
                                    "writes OUT/<name>.png per input.")
@@ -74,7 +78,11 @@ def run(args) -> int:
                                   device=args.device)
         print(f"translated {len(written)} images {args.direction} into {args.out_dir}")
         return 0
+    if args.nproc is not None:
+        return launch(args.nproc, flags_given(args, CycleGanConfig), ("cyclegan", "train"))
     result = train_cyclegan(config_from_args(args, CycleGanConfig))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, one line from rank 0 only
+        return 0
     print(f"trained {len(result.history)} epochs in {result.train_seconds:.1f} s "
           f"(run folder: {result.run_dir})")
     return 0

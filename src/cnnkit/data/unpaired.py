@@ -144,26 +144,30 @@ def cycled_permutation(n: int, length: int, generator: torch.Generator) -> torch
 class UnpairedLoader:
     """(A batch, B batch) of float32 (B, 3, crop, crop) in [-1, 1] per step.
 
-    An epoch has max(N_A, N_B) // batch_size steps (the last partial batch dropped); each
-    domain's order is a permutation (cycled for the smaller domain) drawn from (seed, epoch), its
-    crops and flips from an independent stream of the same (seed, epoch).
+    An epoch has max(N_A, N_B) // (batch_size · world_size) steps (the last partial batch
+    dropped); each domain's order is a permutation (cycled for the smaller domain) drawn from
+    (seed, epoch), its crops and flips from an independent stream of the same (seed, epoch).
+    Under torchrun each step's global batch of batch_size · world_size pairs is drawn as one
+    process would draw it, and rank r takes its r-th slice: the ranks' batches together are
+    exactly the one-process batch of batch_size · world_size.
     """
 
     def __init__(self, ds: UnpairedDataset, batch_size: int, *, crop_size: int, hflip: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
         height, width = ds.image_size
         if crop_size > min(height, width):
             raise CnnkitError(f"--crop-size {crop_size} is larger than the {height}×{width} images "
                               f"of {ds.name}; lower it or raise --load-size")
         self.dataset, self.batch_size, self.crop_size = ds, batch_size, crop_size
         self.hflip, self.seed, self.epoch = hflip, seed, 0
+        self.rank, self.world_size = rank, world_size
         self.num_samples = len(ds)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_samples // self.batch_size
+        return self.num_samples // (self.batch_size * self.world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         ds, n = self.dataset, self.num_samples
@@ -171,10 +175,12 @@ class UnpairedLoader:
         index_a = cycled_permutation(len(ds.a), n, order)  # (n,)
         index_b = cycled_permutation(len(ds.b), n, order)
         augment = epoch_generator(self.seed, self.epoch, _AUGMENT)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            stop = start + self.batch_size
-            a = random_crop_flip(ds.a[index_a[start:stop]], self.crop_size, augment,
+        step = self.batch_size * self.world_size
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        for start in range(0, len(self) * step, step):
+            # Every rank draws the whole global batch's crops, so the streams stay in step.
+            a = random_crop_flip(ds.a[index_a[start:start + step]], self.crop_size, augment,
                                  hflip=self.hflip)
-            b = random_crop_flip(ds.b[index_b[start:stop]], self.crop_size, augment,
+            b = random_crop_flip(ds.b[index_b[start:start + step]], self.crop_size, augment,
                                  hflip=self.hflip)
-            yield to_unit_range(a), to_unit_range(b)
+            yield to_unit_range(a[mine]), to_unit_range(b[mine])

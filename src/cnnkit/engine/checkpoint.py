@@ -12,6 +12,8 @@ A checkpoint is a plain dict of tensors and Python values, written atomically an
     optimizers  {part: optimizer state}
     ema         {part: EMA state}            weight averages, where the task keeps one
     extra       task state that is not a module (e.g. the GAN's per-step losses)
+    per_rank    {name: [state per rank]}     task state each torchrun rank keeps its own of
+                (CycleGAN's image pools); absent from checkpoints written before it existed
     rng         {"cpu": [state per rank], "cuda": [state per rank] or None}
     position    {"epochs_done", "step" (optimiser steps in all), "epoch_step" (steps of the
                 unfinished epoch), "partial": [that epoch's running sums per rank]}

@@ -96,6 +96,19 @@ def on_main(env: DistEnv, fn, *args, **kwargs):
     return value
 
 
+def average_gradients(parameters, env: DistEnv) -> None:
+    """Each gradient ← its mean over the ranks, in one all-reduce: what DDP does during backward,
+    for networks it cannot wrap (called several times before one backward, or frozen in turn)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not env.active or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= env.world_size
+    for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(mean.view_as(g))
+
+
 def all_gather_objects(obj, env: DistEnv) -> list:
     """[rank 0's obj, rank 1's obj, ...]; [obj] for one process."""
     if not env.active:
@@ -135,10 +148,11 @@ def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def launch(nproc: int, train_args: list[str]) -> int:
-    """`cnnkit train --nproc N`: run torchrun on this machine; return its exit code."""
+def launch(nproc: int, train_args: list[str], command: tuple[str, ...] = ("train",)) -> int:
+    """`cnnkit train --nproc N` (or another training `command`, e.g. ("cyclegan", "train")):
+    run torchrun on this machine; return its exit code."""
     if nproc < 1:
         raise CnnkitError(f"--nproc must be at least 1, got {nproc}")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "cnnkit", "train", *train_args]
+               f"--nproc-per-node={nproc}", "-m", "cnnkit", *command, *train_args]
     return subprocess.run(command, check=False).returncode

@@ -47,7 +47,8 @@ from cnnkit.engine.checkpoint import (TASKS, checkpoint_path, load_checkpoint, n
 from cnnkit.engine.config import RunConfig, merge_for_resume
 from cnnkit.engine.device import (autocast, resolve_device, resolve_precision, set_threads,
                                  to_device)
-from cnnkit.engine.distributed import (DistEnv, all_gather_objects, all_reduce_sum, barrier,
+from cnnkit.engine.distributed import (DistEnv, all_gather_objects, all_reduce_sum,
+                                       average_gradients, barrier,
                                        on_main, setup, sync_batchnorm, teardown)
 from cnnkit.utils import CnnkitError, atomic_write_text
 
@@ -89,6 +90,7 @@ class Run:
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.ema: dict = {}
+        self.per_rank: dict = {}  # state each rank keeps its own of (see `restore`)
         self.extra: dict = {}  # task state saved with the checkpoint (plain values and tensors)
         self.spec: dict = {}
         self.net: nn.Module | None = None  # the DDP wrapper, whose gradient sync `epochs` times
@@ -195,12 +197,15 @@ class Run:
 
     def restore(self, *, models: dict[str, nn.Module], spec: dict,
                 optimizers: dict | None = None, ema: dict | None = None,
-                extra: dict | None = None) -> None:
+                extra: dict | None = None, per_rank: dict | None = None) -> None:
         """Register the parts every checkpoint holds and, when resuming, load them: weights,
         averages, optimiser moments, RNG, position, history. `spec` says how to rebuild the
-        model for inference (see engine/checkpoint.py)."""
+        model for inference (see engine/checkpoint.py). `per_rank`: state that differs between
+        torchrun ranks (objects with state_dict / load_state_dict, e.g. CycleGAN's image pools),
+        gathered from every rank when a checkpoint is written, each rank's own restored."""
         self.models, self.optimizers, self.ema = models, optimizers or {}, ema or {}
         self.spec, self.extra = spec, extra if extra is not None else {}
+        self.per_rank = per_rank or {}
         ckpt = self._ckpt
         if ckpt is None:
             return
@@ -208,6 +213,12 @@ class Run:
                              ("ema", self.ema)):
             for name, part in parts.items():
                 part.load_state_dict(ckpt[group][name])
+        saved = ckpt.get("per_rank", {})
+        for name, part in self.per_rank.items():
+            if name not in saved:
+                raise CnnkitError(f"{self.dir} was written before cnnkit saved its {name} per "
+                                  f"rank: it loads for inference but cannot be resumed")
+            part.load_state_dict(self._mine(saved[name]))
         self.extra.update(ckpt.get("extra", {}))
         if "grad_scaler" in self.extra:
             self.scaler.load_state_dict(self.extra.pop("grad_scaler"))
@@ -215,9 +226,7 @@ class Run:
         position = ckpt["position"]
         self.epochs_done, self.step_count = position["epochs_done"], position["step"]
         self.epoch_step = position["epoch_step"]
-        partials = position["partial"]
-        self._partial = partials[self.env.rank] if len(partials) == self.env.world_size \
-            else partials[0]
+        self._partial = self._mine(position["partial"])
         self.history, self.best = list(ckpt["history"]), dict(ckpt["best"])
         self.log(f"resuming {self.dir} after epoch {self.epochs_done}"
                  + (f" and {self.epoch_step} steps of epoch {self.epochs_done + 1}"
@@ -258,9 +267,10 @@ class Run:
             yield epoch, EpochBatches(self, loader, epoch)
 
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *,
-             clip: float = 0.0, name: str = "loss") -> float:
+             clip: float = 0.0, name: str = "loss", average: bool = False) -> float:
         """Backward of `loss` (a mean over the batch) and, on the last batch of an accumulated
-        step, gradient clipping to norm `clip` (0: none) and the optimiser step.
+        step, gradient clipping to norm `clip` (0: none) and the optimiser step. `average`: mean
+        the optimiser's gradients over the ranks first, for networks not wrapped in DDP.
 
         Returns this rank's loss as a float. A NaN or infinite loss (on any rank) stops the run
         before the step, keeping the last good checkpoint.
@@ -282,6 +292,9 @@ class Run:
             optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss / self._accumulate).backward()  # the mean over the step's batches
         if self._micro == self._accumulate - 1:
+            if average:
+                average_gradients([p for group in optimizer.param_groups
+                                   for p in group["params"]], self.env)
             if clip > 0:
                 self.scaler.unscale_(optimizer)
                 params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -435,12 +448,14 @@ class Run:
         return {"cpu": [s[0] for s in states],
                 "cuda": [s[1] for s in states] if cuda is not None else None}
 
+    def _mine(self, states: list):
+        """This rank's entry of a gathered list; rank 0's when the world size changed."""
+        return states[self.env.rank] if len(states) == self.env.world_size else states[0]
+
     def _set_rng(self, rng: dict) -> None:
-        def mine(states):
-            return states[self.env.rank] if len(states) == self.env.world_size else states[0]
-        torch.set_rng_state(mine(rng["cpu"]))
+        torch.set_rng_state(self._mine(rng["cpu"]))
         if self.device.type == "cuda" and rng.get("cuda"):
-            torch.cuda.set_rng_state(mine(rng["cuda"]), self.device)
+            torch.cuda.set_rng_state(self._mine(rng["cuda"]), self.device)
 
     def _state(self) -> dict:
         """The checkpoint envelope of this moment (collective: every rank calls it)."""
@@ -453,6 +468,8 @@ class Run:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "ema": {k: e.state_dict() for k, e in self.ema.items()},
             "extra": extra, "rng": self._rng_state(),
+            "per_rank": {k: all_gather_objects(part.state_dict(), self.env)
+                         for k, part in self.per_rank.items()},
             "position": {"epochs_done": self.epochs_done, "step": self.step_count,
                          "epoch_step": self.epoch_step,
                          "partial": all_gather_objects(dict(self.sums), self.env)},

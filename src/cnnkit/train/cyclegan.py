@@ -11,7 +11,9 @@ pool of 50 (Shrivastava et al. 2017), each discriminator loss halved ("slows dow
 which D learns relative to G"). Adam 2e-4, β1 = 0.5; the rate stays constant, then decays
 linearly towards 0 over the last `decay_epochs` epochs (the paper: 100 + 100).
 Resuming, limits and signals are cnnkit.engine.run.Run's; the pools ride in the checkpoint's
-`extra`, their stored images and their own generator's state, so a resumed run is bit-identical.
+`per_rank`, their stored images and their own generator's state, so a resumed run is
+bit-identical. Under torchrun each rank takes its slice of every global batch and keeps its own
+pools; the gradients are averaged over the ranks before each step, so all ranks hold one model.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from cnnkit.diffusion.ema import EMA
 from cnnkit.engine.checkpoint import TASKS, register_task
 from cnnkit.engine.config import RunConfig, config_field
 from cnnkit.engine.device import resolve_device
+from cnnkit.engine.distributed import on_main
 from cnnkit.engine.run import Run
 from cnnkit.generation.judge import judge_generators, load_judge
 from cnnkit.models import count_parameters, create_model
@@ -210,8 +213,8 @@ class ImagePool:
     place), else passes through. Draws come from the pool's own generator, saved with its images
     in `state_dict`, so a resumed run draws the same."""
 
-    def __init__(self, size: int, seed: int = 0):
-        self.size = size
+    def __init__(self, size: int, seed: int = 0, device: torch.device | str = "cpu"):
+        self.size, self.device = size, torch.device(device)
         self.images: list[torch.Tensor] = []  # (C, H, W) each; replaced, never changed in place
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -236,8 +239,8 @@ class ImagePool:
     def state_dict(self) -> dict:
         return {"images": list(self.images), "rng": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict, device: torch.device | None = None) -> None:
-        self.images = [image.to(device) for image in state["images"]]
+    def load_state_dict(self, state: dict) -> None:
+        self.images = [image.to(self.device) for image in state["images"]]
         self.generator.set_state(state["rng"])
 
 
@@ -321,8 +324,7 @@ def train_cyclegan(config: CycleGanConfig, *, log=print) -> CycleGanResult:
 
 
 def _train(run: Run, config: CycleGanConfig, log) -> None:
-    if run.env.active:
-        raise CnnkitError("cnnkit cyclegan trains in one process; run it without torchrun")
+    env = run.env
     data, domains = load_domains(config, "train", load_size=config.load_size or None,
                                  limit=config.train_limit)
     held_out = None
@@ -330,36 +332,38 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
         data, held_out = hold_out(config, data)
         judge = load_judge(config.judge, domains)
     loader = UnpairedLoader(data, config.batch_size, crop_size=config.crop_size,
-                            hflip=config.hflip, seed=config.seed)
+                            hflip=config.hflip, seed=config.seed, rank=env.rank,
+                            world_size=env.world_size)
     test, _ = load_domains(config, "test", load_size=None, limit=config.grid_images)
     # The grids show whole test images at the training crop side, the same ones every epoch.
     fixed = {d: to_unit_range(resize_images(x, config.crop_size)).to(run.device)
              for d, x in (("a", test.a), ("b", test.b))}
     nets, specs = build_networks(config)
+    # Not DDP-wrapped: G and F run twice per step and the discriminators are frozen in turn,
+    # which DDP's hooks cannot follow; run.step(average=True) means the gradients over the ranks.
     nets = {part: run.prepare(net)[0] for part, net in nets.items()}
     g_ab, g_ba, d_a, d_b = (nets[p] for p in ("generator_ab", "generator_ba", "discriminator_a",
                                               "discriminator_b"))
     betas = (config.beta1, config.beta2)
     opt_g = torch.optim.Adam([*g_ab.parameters(), *g_ba.parameters()], lr=config.lr, betas=betas)
     opt_d = torch.optim.Adam([*d_a.parameters(), *d_b.parameters()], lr=config.lr, betas=betas)
-    # Separate seeds: the two pools must not draw the same swaps.
-    pools = {"a": ImagePool(config.pool_size, config.seed + 1),
-             "b": ImagePool(config.pool_size, config.seed + 2)}
+    # Separate seeds: no two pools (two per rank) may draw the same swaps.
+    pools = {d: ImagePool(config.pool_size, config.seed + 1 + i + 2 * env.rank, run.device)
+             for i, d in enumerate("ab")}
     emas = {} if config.ema_decay is None else {
         part: EMA(nets[part], decay=config.ema_decay) for part in ("generator_ab", "generator_ba")}
     run.restore(models=nets, optimizers={"generators": opt_g, "discriminators": opt_d},
-                ema=emas, extra={"pools": None},
+                ema=emas, per_rank={f"pool_{d}": pool for d, pool in pools.items()},
                 spec={"models": specs, "infer": "generator_ab", "classes": list(domains),
                       "mean": [0.5] * 3, "std": [0.5] * 3,
                       "image_shape": [3, config.crop_size, config.crop_size]})
-    if run.extra["pools"] is not None:
-        for key, pool in pools.items():
-            pool.load_state_dict(run.extra["pools"][key], run.device)
     if not run.resuming:
         log(f"CycleGAN {domains[0]} ↔ {domains[1]}: 2 × G {count_parameters(g_ab):,} / 2 × D "
             f"{count_parameters(d_a):,} parameters | {len(data.a)} + {len(data.b)} images "
             f"{data.image_size[0]}×{data.image_size[1]}, crops {config.crop_size} | "
-            f"{config.epochs} epochs × {len(loader)} steps | {run.device.type}, {run.precision} "
+            f"{config.epochs} epochs × {len(loader)} steps"
+            f"{f' × {env.world_size} ranks' if env.active else ''} | {run.device.type}, "
+            f"{run.precision} "
             f"| run {run.dir}")
 
     for epoch, batches in run.epochs(loader, epochs=config.epochs):
@@ -376,7 +380,7 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
                 losses, fake_b, fake_a = generator_losses(
                     g_ab, g_ba, d_a, d_b, real_a, real_b, lambda_cycle=config.lambda_cycle,
                     lambda_identity=config.lambda_identity)
-            run.step(losses["g_total"], opt_g, name="g_loss")
+            run.step(losses["g_total"], opt_g, name="g_loss", average=True)
             for ema in emas.values():
                 ema.update()
             for net in (d_a, d_b):
@@ -385,25 +389,27 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
             with run.autocast():
                 losses["d_a"] = discriminator_loss(d_a, real_a, pools["a"].query(fake_a))
                 losses["d_b"] = discriminator_loss(d_b, real_b, pools["b"].query(fake_b))
-            run.step(losses["d_a"] + losses["d_b"], opt_d, name="d_loss")
+            run.step(losses["d_a"] + losses["d_b"], opt_d, name="d_loss", average=True)
             for key, value in losses.items():
                 run.sums[key] += value.item() * len(real_a)
             run.sums["seen"] += len(real_a)
-            # Current before any checkpoint the engine writes after this step.
-            run.extra["pools"] = {key: pool.state_dict() for key, pool in pools.items()}
         if not batches.complete:  # stopped mid-epoch: last.pt holds the position and the pools
             break
         # What translate and judging will use: the averaged weights where the run keeps them.
+        # Every rank holds the same weights; rank 0 draws and judges.
         shown = [emas[p].model if emas else nets[p] for p in ("generator_ab", "generator_ba")]
-        _write_grid(run.dir, epoch, *shown, fixed, domains)
-        seen = run.sums["seen"]
-        row = {"lr": lr, **{k: v / seen for k, v in run.sums.items() if k != "seen"}}
+        if env.is_main:
+            _write_grid(run.dir, epoch, *shown, fixed, domains)
+        sums = run.reduce(run.sums)
+        row = {"lr": lr, **{k: v / sums["seen"] for k, v in sums.items() if k != "seen"}}
         if held_out is not None:
-            row.update(validation_row(*shown, judge, held_out, domains, config, run.device))
+            row.update(on_main(env, validation_row, *shown, judge, held_out, domains, config,
+                               run.device))
         run.end_epoch(row, batches=batches,
                       monitor=("val_fid_ratio", "min") if held_out is not None else None)
-        from cnnkit.viz.cyclegan import plot_cyclegan_losses  # noqa: PLC0415  (matplotlib)
-        plot_cyclegan_losses(run.dir / "metrics.csv", run.dir / "losses.png")
+        if env.is_main:
+            from cnnkit.viz.cyclegan import plot_cyclegan_losses  # noqa: PLC0415 (matplotlib)
+            plot_cyclegan_losses(run.dir / "metrics.csv", run.dir / "losses.png")
     run.finish()
 
 
