@@ -48,8 +48,8 @@ from cnnkit.engine.config import RunConfig, merge_for_resume
 from cnnkit.engine.device import (autocast, resolve_device, resolve_precision, set_threads,
                                  to_device)
 from cnnkit.engine.distributed import (DistEnv, all_gather_objects, all_reduce_sum,
-                                       average_gradients, barrier,
-                                       on_main, setup, sync_batchnorm, teardown)
+                                       average_gradients, barrier, on_main, setup,
+                                       sync_batchnorm, teardown)
 from cnnkit.utils import CnnkitError, atomic_write_text
 
 

@@ -363,8 +363,7 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
             f"{data.image_size[0]}×{data.image_size[1]}, crops {config.crop_size} | "
             f"{config.epochs} epochs × {len(loader)} steps"
             f"{f' × {env.world_size} ranks' if env.active else ''} | {run.device.type}, "
-            f"{run.precision} "
-            f"| run {run.dir}")
+            f"{run.precision} | run {run.dir}")
 
     for epoch, batches in run.epochs(loader, epochs=config.epochs):
         lr = config.lr * lr_factor(epoch, config.epochs, config.decay_epochs)
