@@ -28,8 +28,8 @@ QUIET = dict(log=lambda *_: None)
 # 12 images per domain, 16-pixel crops, 1-block generators, 2-layer PatchGANs: a second per epoch.
 TINY = ["--load-size", "20", "--crop-size", "16", "--ngf", "8", "--ndf", "8", "--n-blocks", "1",
         "--n-layers-d", "2", "--pool-size", "4", "--batch-size", "1", "--epochs", "3",
-        "--grid-images", "2", "--ema-decay", "0.9", "--quiet", "--threads", "1", "--deterministic", "--precision",
-        "fp32", "--no-tensorboard"]
+        "--grid-images", "2", "--ema-decay", "0.9", "--quiet", "--threads", "1",
+        "--deterministic", "--precision", "fp32", "--no-tensorboard"]
 
 
 def cyclegan(*args, timeout=300):
@@ -275,8 +275,9 @@ def test_two_ranks_match_one_process_with_double_batch(data, tmp_path):
     assert len(b["per_rank"]["pool_a"]) == 2 and len(a["per_rank"]["pool_a"]) == 1
     assert b["history"][0]["g_total"] == pytest.approx(a["history"][0]["g_total"], rel=1e-6)
     # Compared as functions, loosely: Adam turns rounding noise in gradients near 0 (a bias that
-    # instance norm cancels has a true gradient of 0) into ±lr steps. Measured after this epoch:
-    # outputs within 0.007 with the gradients averaged, 0.12–0.35 apart without.
+    # instance norm cancels has a true gradient of 0) into ±lr steps. Measured after this epoch
+    # (without the average): outputs within 0.007 with the gradients averaged, 0.12–0.35 apart
+    # without.
     photos = to_unit_range(resize_images(load_unpaired(data, "test").a, 16))
     outputs_a, outputs_b = _outputs(a, photos), _outputs(b, photos)
     assert outputs_a.keys() == outputs_b.keys() and len(outputs_a) == 6
