@@ -273,6 +273,7 @@ def test_two_ranks_match_one_process_with_double_batch(data, tmp_path):
     a, b = (torch.load(d / "last.pt", weights_only=True) for d in (one.run_dir, tmp_path / "two"))
     assert a["position"]["step"] == b["position"]["step"] == 6  # 12 images, 2 per step
     assert len(b["per_rank"]["pool_a"]) == 2 and len(a["per_rank"]["pool_a"]) == 1
+    assert list(b["history"][0]) == list(a["history"][0])  # metrics.csv's columns, in order
     assert b["history"][0]["g_total"] == pytest.approx(a["history"][0]["g_total"], rel=1e-6)
     # Compared as functions, loosely: Adam turns rounding noise in gradients near 0 (a bias that
     # instance norm cancels has a true gradient of 0) into ±lr steps. Measured after this epoch

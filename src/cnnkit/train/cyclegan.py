@@ -400,7 +400,8 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
         if env.is_main:
             _write_grid(run.dir, epoch, *shown, fixed, domains)
         sums = run.reduce(run.sums)
-        row = {"lr": lr, **{k: v / sums["seen"] for k, v in sums.items() if k != "seen"}}
+        # (in the step's order: reduce() sorts the keys under torchrun)
+        row = {"lr": lr, **{k: sums[k] / sums["seen"] for k in run.sums if k != "seen"}}
         if held_out is not None:
             row.update(on_main(env, validation_row, *shown, judge, held_out, domains, config,
                                run.device))
