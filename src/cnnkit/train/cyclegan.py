@@ -287,12 +287,14 @@ def hold_out(config: CycleGanConfig, data: UnpairedDataset
                                    "floor": part(native, slice(-n))}
 
 
-def validation_row(g_ab: nn.Module, g_ba: nn.Module, judge, held_out: dict, domains,
+def validation_row(g_ab: nn.Module, g_ba: nn.Module, held_out: dict, domains,
                    config: CycleGanConfig, device) -> dict[str, float]:
-    """The judge's verdict on the held-out training images (generation/judge.judge_generators),
-    as metrics.csv columns; val_fid_ratio, the worse direction's FID / floor, picks best.pt."""
-    verdict = judge_generators(g_ab, g_ba, judge, held_out["val"], held_out["floor"], domains,
-                               image_size=config.crop_size, device=device, seed=config.seed)
+    """held_out["judge"]'s verdict on the held-out training images (generation/judge.
+    judge_generators) as metrics.csv columns; val_fid_ratio, the worse direction's FID / floor,
+    picks best.pt."""
+    verdict = judge_generators(g_ab, g_ba, held_out["judge"], held_out["val"], held_out["floor"],
+                               domains, image_size=config.crop_size, device=device,
+                               seed=config.seed)
     row = {}
     for name, key in (("AtoB", "ab"), ("BtoA", "ba")):
         row[f"val_success_{key}"] = verdict.directions[name].success
@@ -323,21 +325,29 @@ def train_cyclegan(config: CycleGanConfig, *, log=print) -> CycleGanResult:
         return CycleGanResult(run.dir, run.history, run.train_seconds)
 
 
-def _train(run: Run, config: CycleGanConfig, log) -> None:
-    env = run.env
+def _training_data(config: CycleGanConfig, run: Run):
+    """(this rank's loader, the domain names, the held-out images with their judge or None, the
+    fixed test images of the grids)."""
     data, domains = load_domains(config, "train", load_size=config.load_size or None,
                                  limit=config.train_limit)
     held_out = None
     if config.val_images:
         data, held_out = hold_out(config, data)
-        judge = load_judge(config.judge, domains)
+        held_out["judge"] = load_judge(config.judge, domains)
     loader = UnpairedLoader(data, config.batch_size, crop_size=config.crop_size,
-                            hflip=config.hflip, seed=config.seed, rank=env.rank,
-                            world_size=env.world_size)
+                            hflip=config.hflip, seed=config.seed, rank=run.env.rank,
+                            world_size=run.env.world_size)
     test, _ = load_domains(config, "test", load_size=None, limit=config.grid_images)
     # The grids show whole test images at the training crop side, the same ones every epoch.
     fixed = {d: to_unit_range(resize_images(x, config.crop_size)).to(run.device)
              for d, x in (("a", test.a), ("b", test.b))}
+    return loader, domains, held_out, fixed
+
+
+def _train(run: Run, config: CycleGanConfig, log) -> None:
+    env = run.env
+    loader, domains, held_out, fixed = _training_data(config, run)
+    data = loader.dataset
     nets, specs = build_networks(config)
     # Not DDP-wrapped: G and F run twice per step and the discriminators are frozen in turn,
     # which DDP's hooks cannot follow; run.step(average=True) means the gradients over the ranks.
@@ -403,7 +413,7 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
         # (in the step's order: reduce() sorts the keys under torchrun)
         row = {"lr": lr, **{k: sums[k] / sums["seen"] for k in run.sums if k != "seen"}}
         if held_out is not None:
-            row.update(on_main(env, validation_row, *shown, judge, held_out, domains, config,
+            row.update(on_main(env, validation_row, *shown, held_out, domains, config,
                                run.device))
         run.end_epoch(row, batches=batches,
                       monitor=("val_fid_ratio", "min") if held_out is not None else None)
