@@ -46,6 +46,7 @@ MODELS = {
     'mobilenet_v2': (3504872, (3, 224, 224), 'logits'),
     'mobilenet_v3_large': (5483032, (3, 224, 224), 'logits'),
     'mobilenet_v3_small': (2542856, (3, 224, 224), 'logits'),
+    'openpose_hrnet': (2223704, (3, 256, 256), 'other'),
     'openpose_resnet18': (1706808, (3, 256, 256), 'other'),
     'openpose_small': (1598008, (3, 256, 256), 'other'),
     'openpose_vgg19': (51225520, (3, 368, 368), 'other'),

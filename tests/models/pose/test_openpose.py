@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from cnnkit.data.lsp import SKELETON
-from cnnkit.models.pose.openpose import (openpose_resnet18, openpose_small, openpose_vgg19,
-                                         stage_loss)
+from cnnkit.models import create_model
+from cnnkit.models.pose.openpose import (openpose_hrnet, openpose_resnet18, openpose_small,
+                                         openpose_vgg19, stage_loss)
 from cnnkit.models.resnet import resnet18
 from cnnkit.ops.paf import affinity_fields, confidence_maps, parse_people
 from cnnkit.utils import CnnkitError
@@ -29,6 +30,34 @@ def test_resnet18_trunk_is_the_classifier_up_to_layer2_under_its_names():
     assert fields.shape == (3, 1, 2 * len(SKELETON), 8, 12) and maps.shape == (3, 1, 14, 8, 12)
 
 
+def test_hrnet_trunk_is_the_small_pose_hrnet_with_all_four_branches_at_stride_8():
+    model = openpose_hrnet()
+    pose = create_model("pose_hrnet_w16_small").state_dict()
+    trunk = {k: v.shape for k, v in model.features.state_dict().items()}
+    assert all(trunk[k] == v.shape for k, v in pose.items() if not k.startswith("final_layer"))
+    # All that the trunk adds: the last module's fusion into the three lower branches.
+    extra = set(trunk) - set(pose)
+    lower_rows = tuple(f"stage4.0.fuse_layers.{row}." for row in (1, 2, 3))
+    assert extra and all(k.startswith(lower_rows) for k in extra)
+    assert model.reduce[0].conv.in_channels == 16 + 32 + 64 + 128
+    # Any side that is a multiple of 8, as whole images at a scale are.
+    fields, maps = model(torch.randn(1, 3, 72, 104))
+    assert fields.shape == (3, 1, 2 * len(SKELETON), 9, 13) and maps.shape == (3, 1, 14, 9, 13)
+
+
+def test_hrnet_trunk_pads_at_the_bottom_right_only():
+    # Padding to the trunk's multiple of 32 must move no pixel: the features of an image equal
+    # those of the same image that the caller zero-padded at the bottom and right.
+    torch.manual_seed(0)
+    trunk = openpose_hrnet().features.eval()
+    image = torch.randn(1, 3, 72, 104)
+    with torch.no_grad():
+        own = trunk(image)
+        padded = trunk(torch.nn.functional.pad(image, (0, 24, 0, 24)))
+    assert own.shape[-2:] == (9, 13)
+    torch.testing.assert_close(own, padded[..., :9, :13])
+
+
 def test_paper_layout_has_six_stages_and_a_vgg19_trunk():
     model = openpose_vgg19()
     assert len(model.field_stages) == len(model.map_stages) == 6
@@ -50,9 +79,10 @@ def test_batchnorm_follows_every_hidden_conv_of_the_cpu_variant_and_none_of_the_
         openpose_small(norm="groupnorm")  # the VGG trunk would silently have none
 
 
-def test_every_parameter_learns_from_the_stage_losses():
-    model = openpose_small()
-    fields, maps = model(torch.randn(1, 3, 32, 32))
+@pytest.mark.parametrize("make", [openpose_small, openpose_hrnet])
+def test_every_parameter_learns_from_the_stage_losses(make):
+    model = make()
+    fields, maps = model(torch.randn(1, 3, 64, 64))  # HRNet's 1/32 branch: BatchNorm of 2×2
     stage_loss(fields, maps, torch.zeros_like(fields[0]), torch.rand_like(maps[0])).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 

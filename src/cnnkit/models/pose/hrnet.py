@@ -104,23 +104,16 @@ def _transition(c_prev: tuple[int, ...], c_next: tuple[int, ...]) -> nn.ModuleLi
     return layers
 
 
-class PoseHighResolutionNet(nn.Module):
-    """Stem (two stride-2 3×3 convs) → layer1 → stages 2-4 with transitions → 1×1 heatmap head.
+class HighResolutionTrunk(nn.Module):
+    """Stem (two stride-2 3×3 convs) → layer1 → stages 2-4 with transitions: images (N, C, H, W)
+    → the last module's branches, [(N, C, H/4, W/4)] or, with `multi_scale_output=True` (the
+    HRNetV2 representation, Wang et al. 2020, https://arxiv.org/abs/1908.07919), all four
+    (C·2^b channels at H/2^(b+2)). The pose network adds its heatmap head; OpenPose's
+    `openpose_hrnet` reads all four branches."""
 
-    `num_joints` heatmaps at 1/4 of the input. `num_classes` is taken as a synonym, since the
-    registry-wide tools pass it to every model. Attributes `task = "pose"`, `pose = True`.
-    """
-
-    task = "pose"
-    pose = True
-
-    def __init__(self, cfg: HRNetConfig = HRNetConfig(), *, num_joints: int | None = None,
-                 num_classes: int | None = None, in_chans: int = 3):
+    def __init__(self, cfg: HRNetConfig = HRNetConfig(), *, in_chans: int = 3,
+                 multi_scale_output: bool = False):
         super().__init__()
-        if num_joints is not None and num_classes is not None and num_joints != num_classes:
-            raise CnnkitError(f"pose_hrnet: num_joints={num_joints} and num_classes="
-                              f"{num_classes} disagree; give one of them")
-        self.num_joints = num_joints or num_classes or 17  # 17: COCO, the official default
         self.in_chans, self.cfg = in_chans, cfg
         self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)  # momentum 0.1, the official BN_MOMENTUM
@@ -136,10 +129,45 @@ class PoseHighResolutionNet(nn.Module):
             self.add_module(f"transition{s - 1}", _transition(channels, branches))
             last = s == 1 + len(cfg.num_modules)
             self.add_module(f"stage{s}", nn.Sequential(*[
-                HighResolutionModule(branches, cfg.num_blocks,
-                                     multi_scale_output=not (last and m == modules - 1))
+                HighResolutionModule(branches, cfg.num_blocks, multi_scale_output=(
+                    multi_scale_output or not (last and m == modules - 1)))
                 for m in range(modules)]))
             channels = branches
+        self.out_channels = channels if multi_scale_output else channels[:1]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h, w = x.shape[-2:]
+        if h % 32 or w % 32:  # the 1/32 branch must upsample back to exactly 1/4
+            raise CnnkitError(f"pose_hrnet needs an input whose height and width are multiples "
+                              f"of 32 (256×192 as published), got {h}×{w}")
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer1(self.relu(self.bn2(self.conv2(x))))  # (N, 256, H/4, W/4)
+        xs = [x]
+        for s in range(2, 2 + len(self.cfg.num_modules)):
+            transition = getattr(self, f"transition{s - 1}")
+            # Existing branches pass (or change width); the new one starts from the lowest.
+            xs = [t(xs[min(i, len(xs) - 1)]) for i, t in enumerate(transition)]
+            xs = getattr(self, f"stage{s}")(xs)
+        return xs
+
+
+class PoseHighResolutionNet(HighResolutionTrunk):
+    """The trunk's 1/4 branch → 1×1 heatmap head: `num_joints` heatmaps at 1/4 of the input.
+
+    `num_classes` is taken as a synonym, since the registry-wide tools pass it to every model.
+    Attributes `task = "pose"`, `pose = True`.
+    """
+
+    task = "pose"
+    pose = True
+
+    def __init__(self, cfg: HRNetConfig = HRNetConfig(), *, num_joints: int | None = None,
+                 num_classes: int | None = None, in_chans: int = 3):
+        super().__init__(cfg, in_chans=in_chans)
+        if num_joints is not None and num_classes is not None and num_joints != num_classes:
+            raise CnnkitError(f"pose_hrnet: num_joints={num_joints} and num_classes="
+                              f"{num_classes} disagree; give one of them")
+        self.num_joints = num_joints or num_classes or 17  # 17: COCO, the official default
         k = cfg.final_conv_kernel
         self.final_layer = nn.Conv2d(cfg.width, self.num_joints, k, padding=(k - 1) // 2)
         self._init_weights()
@@ -157,19 +185,7 @@ class PoseHighResolutionNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        if h % 32 or w % 32:  # the 1/32 branch must upsample back to exactly 1/4
-            raise CnnkitError(f"pose_hrnet needs an input whose height and width are multiples "
-                              f"of 32 (256×192 as published), got {h}×{w}")
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer1(self.relu(self.bn2(self.conv2(x))))  # (N, 256, H/4, W/4)
-        xs = [x]
-        for s in range(2, 2 + len(self.cfg.num_modules)):
-            transition = getattr(self, f"transition{s - 1}")
-            # Existing branches pass (or change width); the new one starts from the lowest.
-            xs = [t(xs[min(i, len(xs) - 1)]) for i, t in enumerate(transition)]
-            xs = getattr(self, f"stage{s}")(xs)
-        return self.final_layer(xs[0])  # (N, J, H/4, W/4)
+        return self.final_layer(super().forward(x)[0])  # (N, J, H/4, W/4)
 
 
 def _build_hrnet(cfg: HRNetConfig, **kwargs) -> PoseHighResolutionNet:
@@ -190,7 +206,10 @@ def pose_hrnet_w48(**kwargs) -> PoseHighResolutionNet:
     return _build_hrnet(HRNetConfig(width=48), **kwargs)
 
 
+# The CPU variant: width 16, one bottleneck in stage 1, one module of one block per branch.
+SMALL = HRNetConfig(width=16, stem_blocks=1, num_modules=(1, 1, 1), num_blocks=1)
+
+
 @register_model(**_POSE)
 def pose_hrnet_w16_small(**kwargs) -> PoseHighResolutionNet:
-    return _build_hrnet(HRNetConfig(width=16, stem_blocks=1, num_modules=(1, 1, 1),
-                                    num_blocks=1), **kwargs)
+    return _build_hrnet(SMALL, **kwargs)

@@ -14,20 +14,23 @@ can start it) for the 14 LSP joints and their 13-limb tree (`cnnkit.data.lsp.SKE
 `openpose_small`, a CPU variant (a narrower trunk, 3 stages of three 3×3 convolutions instead of
 7×7s, after the 2019 paper's replacement of each 7×7 by three 3×3s,
 https://arxiv.org/abs/1812.08008 §3.1, and BatchNorm, which the Caffe model lacks, for training
-from scratch); and `openpose_resnet18`, those stages on a ResNet-18 trunk that a cnnkit
-classifier can start.
+from scratch); `openpose_resnet18`, those stages on a ResNet-18 trunk that a cnnkit
+classifier can start; and `openpose_hrnet`, those stages on the small pose HRNet's trunk.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnkit.data.lsp import SKELETON
 from cnnkit.layers import ConvNormAct
 from cnnkit.layers.init import init_cnn_
 from cnnkit.models._registry import register_model
+from cnnkit.models.pose.hrnet import SMALL as HRNET_SMALL
+from cnnkit.models.pose.hrnet import HighResolutionTrunk
 from cnnkit.models.resnet import resnet18
 from cnnkit.models.vgg import _CFGS, make_features
 from cnnkit.ops.paf import check_skeleton
@@ -64,6 +67,9 @@ class OpenPose(nn.Module):
         fields, maps = 2 * len(self.limbs), num_joints
         if trunk == "resnet18":
             self.features, trunk_out = _resnet_trunk(in_chans), 128
+        elif trunk == "hrnet":
+            self.features = HRNetStride8(HRNET_SMALL, in_chans=in_chans, multi_scale_output=True)
+            trunk_out = sum(self.features.out_channels)
         else:
             self.features = make_features(trunk, in_chans, batch_norm=norm == "batchnorm")
             trunk_out = [c for c in trunk if c != "M"][-1]
@@ -105,6 +111,23 @@ def _resnet_trunk(in_chans: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict(
         (name, getattr(net, name)) for name in ("conv1", "bn1", "relu", "maxpool", "layer1",
                                                 "layer2")))
+
+
+class HRNetStride8(HighResolutionTrunk):
+    """HRNet's four branches brought to 1/8 of the input and concatenated: the HRNetV2
+    representation (Wang et al. 2020, https://arxiv.org/abs/1908.07919, §3), at the stride of
+    OpenPose's maps. Any input whose sides are multiples of 8 (whole images at a scale) is padded
+    with zeros at the bottom and right to the trunk's multiple of 32 — which moves no pixel — and
+    the features are cropped back to H/8 × W/8."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        xs = super().forward(F.pad(x, (0, -w % 32, 0, -h % 32)))
+        size = xs[1].shape[-2:]
+        parts = [F.avg_pool2d(xs[0], 2), xs[1],
+                 *(F.interpolate(b, size=size, mode="bilinear", align_corners=False)
+                   for b in xs[2:])]
+        return torch.cat(parts, dim=1)[..., :h // 8, :w // 8]
 
 
 def stage_loss(fields: torch.Tensor, maps: torch.Tensor, target_fields: torch.Tensor,
@@ -153,3 +176,12 @@ def openpose_resnet18(num_joints: int = 14, in_chans: int = 3, **kwargs) -> Open
     docs/benchmarks.md): worth trying with a classifier of people, not of 32-px objects."""
     kwargs.pop("num_classes", None)
     return OpenPose("resnet18", num_joints=num_joints, in_chans=in_chans, **{**_SMALL, **kwargs})
+
+
+@register_model(input_size=(3, 256, 256), test_input_size=(3, 64, 64))
+def openpose_hrnet(num_joints: int = 14, in_chans: int = 3, **kwargs) -> OpenPose:
+    """`openpose_small`'s stages on `pose_hrnet_w16_small`'s trunk, all four branches brought to
+    stride 8 and concatenated (240 channels): high-resolution features that every lower
+    resolution has informed, for a bottom-up network of HRNet's joint accuracy."""
+    kwargs.pop("num_classes", None)
+    return OpenPose("hrnet", num_joints=num_joints, in_chans=in_chans, **{**_SMALL, **kwargs})
