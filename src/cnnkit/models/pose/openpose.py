@@ -181,7 +181,8 @@ def openpose_resnet18(num_joints: int = 14, in_chans: int = 3, **kwargs) -> Open
 @register_model(input_size=(3, 256, 256), test_input_size=(3, 64, 64))
 def openpose_hrnet(num_joints: int = 14, in_chans: int = 3, **kwargs) -> OpenPose:
     """`openpose_small`'s stages on `pose_hrnet_w16_small`'s trunk, all four branches brought to
-    stride 8 and concatenated (240 channels): high-resolution features that every lower
-    resolution has informed, for a bottom-up network of HRNet's joint accuracy."""
+    stride 8 and concatenated (240 channels). From scratch on LSP it generalises worse than
+    `openpose_small` at the same training loss: test PCK@0.2 0.462, lsp-multi 52% (against
+    0.60–0.63 and 75–79%, docs/benchmarks.md)."""
     kwargs.pop("num_classes", None)
     return OpenPose("hrnet", num_joints=num_joints, in_chans=in_chans, **{**_SMALL, **kwargs})
