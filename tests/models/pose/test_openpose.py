@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cnnkit.data.lsp import SKELETON
-from cnnkit.models import create_model
+from cnnkit.models import create_model, list_models
 from cnnkit.models.pose.openpose import (openpose_hrnet, openpose_resnet18, openpose_small,
                                          openpose_vgg19, stage_loss)
 from cnnkit.models.resnet import resnet18
@@ -79,9 +79,9 @@ def test_batchnorm_follows_every_hidden_conv_of_the_cpu_variant_and_none_of_the_
         openpose_small(norm="groupnorm")  # the VGG trunk would silently have none
 
 
-@pytest.mark.parametrize("make", [openpose_small, openpose_hrnet])
-def test_every_parameter_learns_from_the_stage_losses(make):
-    model = make()
+@pytest.mark.parametrize("name", [n for n in list_models() if n.startswith("openpose_")])
+def test_every_parameter_learns_from_the_stage_losses(name):
+    model = create_model(name)
     fields, maps = model(torch.randn(1, 3, 64, 64))  # HRNet's 1/32 branch: BatchNorm of 2×2
     stage_loss(fields, maps, torch.zeros_like(fields[0]), torch.rand_like(maps[0])).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

@@ -122,12 +122,12 @@ class HRNetStride8(HighResolutionTrunk):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        xs = super().forward(F.pad(x, (0, -w % 32, 0, -h % 32)))
+        xs = super().forward(F.pad(x, (0, -w % 32, 0, -h % 32)))  # C·2^b channels at 1/2^(b+2)
         size = xs[1].shape[-2:]
         parts = [F.avg_pool2d(xs[0], 2), xs[1],
                  *(F.interpolate(b, size=size, mode="bilinear", align_corners=False)
                    for b in xs[2:])]
-        return torch.cat(parts, dim=1)[..., :h // 8, :w // 8]
+        return torch.cat(parts, dim=1)[..., :h // 8, :w // 8]  # (N, 15·C, H/8, W/8)
 
 
 def stage_loss(fields: torch.Tensor, maps: torch.Tensor, target_fields: torch.Tensor,
