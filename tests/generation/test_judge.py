@@ -183,13 +183,14 @@ def test_cli_errors_for_judges_that_do_not_fit(setup):
 
 def test_held_out_training_images_judge_each_epoch_and_pick_best_pt(setup):
     """--val-images 3 --judge J: the last 3 of the 8 training images per domain never train; each
-    epoch's averaged generators are judged on them, and best.pt is the epoch whose worse
-    direction has the lowest FID / floor — the same verdict a direct call gives."""
+    epoch's averaged generators are judged on them (translated whole at --judge-size, here the
+    load size the crops come from), and best.pt is the epoch whose worse direction has the lowest
+    FID / floor — the same verdict a direct call gives."""
     gan = train_cyclegan(CycleGanConfig(
         dataset="horse2zebra", data_dir=str(setup["data_dir"]), train_limit=8, load_size=SIDE + 4,
         crop_size=SIDE, ngf=4, ndf=4, n_blocks=1, n_layers_d=2, pool_size=2, epochs=3,
-        grid_images=1, val_images=3, judge=str(setup["judge"]), ema_decay=0.5,
-        out_dir=str(setup["tmp"]), name="gan_val", **QUIET), log=lambda *_: None)
+        grid_images=1, val_images=3, judge=str(setup["judge"]), judge_size=SIDE + 4,
+        ema_decay=0.5, out_dir=str(setup["tmp"]), name="gan_val", **QUIET), log=lambda *_: None)
     history = gan.history
     ratios = [row["val_fid_ratio"] for row in history]
     assert all(r == max(row["val_fid_ratio_ab"], row["val_fid_ratio_ba"])
@@ -210,10 +211,12 @@ def test_held_out_training_images_judge_each_epoch_and_pick_best_pt(setup):
     val = replace(held, a=held.a[5:], b=held.b[5:])
     floor = replace(held, a=held.a[:5], b=held.b[:5])
     verdict = judge_generators(g_ab, g_ba, load_judge(setup["judge"]), val, floor,
-                               ("horse", "zebra"), image_size=SIDE)
+                               ("horse", "zebra"), image_size=SIDE + 4)
     row = history[best["best"]["epoch"] - 1]
     assert row["val_fid_ratio_ab"] == pytest.approx(verdict.directions["AtoB"].fid_ratio)
     assert row["val_success_ba"] == pytest.approx(verdict.directions["BtoA"].success)
+    # `cyclegan eval` translates the test images at the run's --judge-size too
+    assert judge_translation(gan.run_dir, setup["judge"], n=3, device="cpu").image_size == SIDE + 4
 
 
 def test_held_out_images_need_a_judge_and_leave_training_images(setup):
@@ -228,3 +231,5 @@ def test_held_out_images_need_a_judge_and_leave_training_images(setup):
                                       **common), log=lambda *_: None)
     with pytest.raises(CnnkitError, match="--ema-decay must be in"):
         CycleGanConfig(ema_decay=1.0, **common).validate()
+    with pytest.raises(CnnkitError, match="--judge-size must be a positive multiple of 4"):
+        CycleGanConfig(judge_size=30, **common).validate()

@@ -55,7 +55,7 @@ def add_arguments(parser) -> None:
                    help="judge only the first N test images of each domain (default: all)")
     e.add_argument("--image-size", type=int, default=None,
                    help="translate the test images resized whole to this side (a multiple of 4; "
-                        "default: the CycleGAN's training crop)")
+                        "default: its --judge-size, else its training crop)")
     e.add_argument("--data-dir", type=Path, default=None,
                    help="where the CycleGAN's data set lives (default: the run's own --data-dir)")
     e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),

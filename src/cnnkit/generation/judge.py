@@ -199,7 +199,8 @@ def judge_translation(cyclegan_checkpoint: str | Path, judge_checkpoint: str | P
                       seed: int = 0) -> TranslationJudgement:
     """Judge a CycleGAN run (folder or .pt) with a judge classifier run (folder or .pt).
 
-    image_size: side the test images are translated at (default: the CycleGAN's training crop);
+    image_size: side the test images are translated at (default: the run's --judge-size, else its
+    training crop);
     n: only the first n test images of each domain (default: all); data_dir: where the CycleGAN's
     data set lives, when not where its run read it (its saved --data-dir).
     """
@@ -231,9 +232,11 @@ def judge_translations(cyclegan_checkpoint: str | Path, judge_checkpoints: Seque
     test, _ = load_domains(config, "test", load_size=None, limit=n)
     longest = max(len(test.a), len(test.b))
     train, _ = load_domains(config, "train", load_size=None, limit=longest)
+    # The side the run judged its held-out epochs at (--judge-size), else its training crop.
+    side = image_size or saved.get("judge_size") or loaded.image_shape[-1]
     return [judge_generators(parts["generator_ab"].model, parts["generator_ba"].model, judge,
-                             test, train, domains, image_size=image_size or loaded.image_shape[-1],
-                             device=device, seed=seed) for judge in judges]
+                             test, train, domains, image_size=side, device=device, seed=seed)
+            for judge in judges]
 
 
 def format_judgement(result: TranslationJudgement) -> str:

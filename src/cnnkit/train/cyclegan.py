@@ -54,7 +54,7 @@ class CycleGanConfig(RunConfig):
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
         "dataset", "data_dir", "train_limit", "load_size", "crop_size", "ngf", "n_blocks",
         "upsample", "ndf", "n_layers_d", "batch_size", "pool_size", "seed", "ema_decay",
-        "val_images", "judge")
+        "val_images", "judge", "judge_size")
 
     # --- data ---
     dataset: str | None = config_field(None, "registered unpaired data set (horse2zebra, read from "
@@ -97,6 +97,10 @@ class CycleGanConfig(RunConfig):
                                      "horse2zebra-domains` run or .pt): judges each epoch on "
                                      "the held-out --val-images; best.pt keeps the epoch whose "
                                      "worse direction has the lowest FID / floor")
+    judge_size: int | None = config_field(None, "side the whole held-out and test images are "
+                                          "translated at before the judge reads them (default: "
+                                          "--crop-size; --load-size translates at the scale "
+                                          "the crops were taken at)")
     grid_images: int = config_field(4, "fixed test images per direction in each epoch's grid")
 
     def validate(self) -> "CycleGanConfig":
@@ -135,6 +139,9 @@ class CycleGanConfig(RunConfig):
         if (self.judge is None) != (self.val_images == 0):
             raise CnnkitError("--val-images and --judge go together: the judge scores each epoch "
                               "on the held-out images")
+        if self.judge_size is not None and (self.judge_size < 4 or self.judge_size % 4):
+            raise CnnkitError(f"--judge-size must be a positive multiple of 4 (the generator "
+                              f"halves it twice), got {self.judge_size}")
         if self.judge is not None and self.val_images < 3:
             raise CnnkitError(f"--val-images must be at least 3 (FID and KID need 3 images per "
                               f"domain), got {self.val_images}")
@@ -293,8 +300,8 @@ def validation_row(g_ab: nn.Module, g_ba: nn.Module, held_out: dict, domains,
     judge_generators) as metrics.csv columns; val_fid_ratio, the worse direction's FID / floor,
     picks best.pt."""
     verdict = judge_generators(g_ab, g_ba, held_out["judge"], held_out["val"], held_out["floor"],
-                               domains, image_size=config.crop_size, device=device,
-                               seed=config.seed)
+                               domains, image_size=config.judge_size or config.crop_size,
+                               device=device, seed=config.seed)
     row = {}
     for name, key in (("AtoB", "ab"), ("BtoA", "ba")):
         row[f"val_success_{key}"] = verdict.directions[name].success
