@@ -2,6 +2,7 @@
 by the real `cnnkit train`, judged by PCK@0.2 and OKS AP, then `eval` and `predict` on the
 checkpoints; the task's bad input; lsp-multi's scoring of hand-made skeletons."""
 import csv
+import re
 
 import pytest
 import torch
@@ -48,6 +49,9 @@ def test_eval_prints_the_pck_table_and_multi_person_assembly(runs):
     assert proc.returncode == 0, proc.stderr
     assert "lsp test (4 images" in proc.stdout and "shoulder" in proc.stdout
     assert "OKS AP" in proc.stdout
+    share = re.search(r"people with at least half their joints within PCK@0.2: ([\d.]+)%",
+                      proc.stdout)
+    assert share and float(share.group(1)) * 4 % 100 == pytest.approx(0, abs=1e-6)  # of 4 people
     proc = cnnkit("eval", runs / "openpose_small", "--limit", "4")
     assert proc.returncode == 0, proc.stderr
     assert "lsp-multi" in proc.stdout and "assembled correctly" in proc.stdout

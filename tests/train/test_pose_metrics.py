@@ -8,7 +8,7 @@ from pycocotools.cocoeval import Params
 
 from cnnkit.data.lsp import JOINT_NAMES, LSP_SIGMAS, TORSO
 from cnnkit.train.coco_eval import COCO_PERSON_KEYPOINT_NAMES
-from cnnkit.train.pose_metrics import oks_ap, pck, pck_by_part
+from cnnkit.train.pose_metrics import half_right, oks_ap, pck, pck_by_part
 from cnnkit.utils import CnnkitError
 
 
@@ -51,6 +51,18 @@ def test_mask_excludes_joints_and_nan_for_unscored():
     assert math.isnan(per_joint[3]) and mean == 1.0
     with pytest.raises(CnnkitError, match="same shape"):
         pck(pred[:, :13], gt)
+
+
+def test_half_right_counts_people_with_at_least_seven_of_fourteen_joints():
+    gt = _people()
+    pred = gt.clone()
+    pred[0, :7] += 1000  # 7 of 14 right: counts (at least half)
+    pred[1, :8] += 1000  # 6 right: does not
+    pred[2, :3] = float("nan")  # joints not found are wrong, not an error: 11 right
+    assert half_right(pred, gt) == 3 / 4
+    assert half_right(gt, gt) == 1.0
+    gt[3, TORSO[1]] = gt[3, TORSO[0]]  # no torso: the person is not scored at all
+    assert half_right(pred, gt) == 2 / 3
 
 
 def test_pck_by_part_averages_left_and_right():

@@ -157,6 +157,8 @@ def _pose(args, loaded) -> int:
           f"PCK@0.2 {scores['pck']:.4f}  OKS AP {scores['oks_ap']:.4f}  AP50 "
           f"{scores['oks_ap50']:.4f}")
     print(pck_table(scores["pck_per_joint"], data.keypoint_names))
+    print(f"people with at least half their joints within PCK@0.2: {scores['half_right']:.1%} "
+          f"(on lsp-multi a skeleton must pass this to find its person)")
     if loaded.spec.get("bottom_up"):
         multi = evaluate_multi(loaded.model, data, precision=precision, scales=args.scales,
                                flip_index=loaded.spec["flip_index"])

@@ -33,7 +33,7 @@ from cnnkit.models.pose.openpose import stage_loss
 from cnnkit.ops.heatmaps import crop_matrix, joints_mse_loss, warp_crop
 from cnnkit.train.classify import limit_test, make_optimizer, set_lr, split_validation
 from cnnkit.train.config import TrainConfig
-from cnnkit.train.pose_metrics import oks_ap, pck, pck_by_part
+from cnnkit.train.pose_metrics import half_right, oks_ap, pck, pck_by_part
 from cnnkit.utils import CnnkitError
 
 BOTTOM_UP_SCALE = 1.25  # input pixels per image pixel: LSP's ~150 px people become ~190 px
@@ -186,10 +186,12 @@ def predict_joints(model: nn.Module, ds: PoseDataset, spec: dict, *, precision: 
 
 def evaluate_pose(model: nn.Module, ds: PoseDataset, spec: dict, *, precision: str = "fp32",
                   with_oks: bool = False, keep: bool = False, scales: Sequence[float] = (1.0,)):
-    """PCK@0.2 (mean and per joint) of `model` on `ds`, and with `with_oks` the OKS AP."""
+    """PCK@0.2 (mean and per joint) of `model` on `ds`, the people with half their joints right
+    (lsp-multi's bar), and with `with_oks` the OKS AP."""
     joints, scores = predict_joints(model, ds, spec, precision=precision, scales=scales)
     per_joint, mean = pck(joints, ds.joints)
-    out = {"pck": mean, "pck_per_joint": [float(v) for v in per_joint]}
+    out = {"pck": mean, "pck_per_joint": [float(v) for v in per_joint],
+           "half_right": half_right(joints, ds.joints)}
     if with_oks:
         # A joint the parse did not find sits far away: wrong, as PCK counts it.
         placed = torch.where(torch.isnan(joints), torch.full_like(joints, -1e4), joints)

@@ -32,15 +32,10 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
 
 
-def pck(pred, gt, mask=None, *, alpha: float = PCK_ALPHA, torso: tuple[int, int] = TORSO
-        ) -> tuple[np.ndarray, float]:
-    """PCK@alpha per joint (J,) and over all scored joints.
-
-    pred, gt: (N, J, 2) image coordinates; mask: (N, J) bool, the joints to score (default all).
-    Correct: distance ≤ alpha · |gt[torso[0]] − gt[torso[1]]|. Per joint: correct / scored,
-    NaN for a joint never scored; the mean is over all scored (image, joint) pairs, which with
-    every joint scored equals the mean of the per-joint values.
-    """
+def pck_correct(pred, gt, mask=None, *, alpha: float = PCK_ALPHA,
+                torso: tuple[int, int] = TORSO) -> tuple[np.ndarray, np.ndarray]:
+    """(correct, scored), both (N, J) bool: the joints within alpha × the ground-truth torso, and
+    the joints scored (`mask`, less images whose torso size is 0). Arguments as `pck`'s."""
     pred, gt = _numpy(pred), _numpy(gt)
     if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[-1] != 2:
         raise CnnkitError(f"PCK needs predictions and ground truth of the same shape (N, J, 2), "
@@ -53,15 +48,41 @@ def pck(pred, gt, mask=None, *, alpha: float = PCK_ALPHA, torso: tuple[int, int]
         raise CnnkitError(f"PCK mask must be ({n}, {j}), got {mask.shape}")
     size = np.linalg.norm(gt[:, torso[0]] - gt[:, torso[1]], axis=-1)  # (N,) torso per image
     mask = mask & (size > 0)[:, None]
-    dist = np.linalg.norm(pred - gt, axis=-1)  # (N, J)
+    dist = np.linalg.norm(pred - gt, axis=-1)  # (N, J); NaN (a joint not found) is never correct
     # ≤: a joint exactly at the threshold counts; torso from the ground truth, so a prediction
     # cannot change its own yardstick.
-    correct = (dist <= alpha * size[:, None]) & mask
+    with np.errstate(invalid="ignore"):
+        correct = (dist <= alpha * size[:, None]) & mask
+    return correct, mask
+
+
+def pck(pred, gt, mask=None, *, alpha: float = PCK_ALPHA, torso: tuple[int, int] = TORSO
+        ) -> tuple[np.ndarray, float]:
+    """PCK@alpha per joint (J,) and over all scored joints.
+
+    pred, gt: (N, J, 2) image coordinates; mask: (N, J) bool, the joints to score (default all).
+    Correct: distance ≤ alpha · |gt[torso[0]] − gt[torso[1]]|. Per joint: correct / scored,
+    NaN for a joint never scored; the mean is over all scored (image, joint) pairs, which with
+    every joint scored equals the mean of the per-joint values.
+    """
+    correct, mask = pck_correct(pred, gt, mask, alpha=alpha, torso=torso)
     scored = mask.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_joint = np.where(scored > 0, correct.sum(axis=0) / np.maximum(scored, 1), np.nan)
     mean = float(correct.sum() / mask.sum()) if mask.any() else math.nan
     return per_joint, mean
+
+
+def half_right(pred, gt, *, alpha: float = PCK_ALPHA) -> float:
+    """The fraction of people (one per image) with at least half of their joints within PCK@alpha.
+
+    On lsp-multi a parsed skeleton finds a person only when half of its joints pass this test
+    (train/pose.score_canvas), so for complete predictions this is the most of the people that
+    predictions as accurate could find — the bound on lsp-multi's found and assembled rates.
+    """
+    correct, scored = pck_correct(pred, gt, alpha=alpha)
+    people = scored.any(axis=1)
+    return float((2 * correct.sum(axis=1) >= scored.sum(axis=1))[people].mean())
 
 
 def pck_by_part(per_joint: Sequence[float], names: Sequence[str] = JOINT_NAMES
