@@ -345,8 +345,9 @@ def _training_data(config: CycleGanConfig, run: Run):
                             hflip=config.hflip, seed=config.seed, rank=run.env.rank,
                             world_size=run.env.world_size)
     test, _ = load_domains(config, "test", load_size=None, limit=config.grid_images)
-    # The grids show whole test images at the training crop side, the same ones every epoch.
-    fixed = {d: to_unit_range(resize_images(x, config.crop_size)).to(run.device)
+    # The grids show whole test images at the side they are judged at, the same every epoch.
+    side = config.judge_size or config.crop_size
+    fixed = {d: to_unit_range(resize_images(x, side)).to(run.device)
              for d, x in (("a", test.a), ("b", test.b))}
     return loader, domains, held_out, fixed
 
