@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from cnnkit.data import get_dataset_info, load_dataset
+from cnnkit.data.array_dataset import resize_images
 from cnnkit.data.unpaired import (UnpairedLoader, crop_images, domain_files, load_unpaired,
-                                  random_crop_flip, to_unit_range)
+                                  random_crop_flip, random_rescale, to_unit_range)
 from cnnkit.utils import CnnkitError
 from tests.conftest import DATASETS
 
@@ -117,6 +118,24 @@ def test_loader_epochs_cover_the_larger_domain_once(tmp_path):
     assert not all(torch.equal(x[0], y[0]) for x, y in zip(batches, loader))
     with pytest.raises(CnnkitError, match="--crop-size 9 is larger than the 8×8 images"):
         UnpairedLoader(ds, 2, crop_size=9)
+
+
+def test_random_rescale_draws_every_side_in_range_and_resizes_the_whole_batch():
+    ds = load_unpaired(HORSE2ZEBRA, limit=2, load_size=24)
+    generator = torch.Generator().manual_seed(0)
+    sides = {random_rescale(ds.a, 16, generator).shape[-1] for _ in range(200)}
+    assert sides == set(range(16, 25))
+    assert torch.equal(random_rescale(ds.a, 24, generator), ds.a)  # own side: unchanged
+    # --min-load-size equal to the crop: some steps crop the whole image, resized to the crop
+    loader = UnpairedLoader(ds, 2, crop_size=16, hflip=False, min_side=16, seed=1)
+    whole = to_unit_range(resize_images(ds.a, 16))
+    seen = []
+    for epoch in range(60):  # one step an epoch; a side of 16 is drawn 1 time in 9
+        loader.set_epoch(epoch)
+        seen += [torch.equal(a, whole) or torch.equal(a, whole.flip(0)) for a, _ in loader]
+    assert any(seen) and not all(seen)
+    with pytest.raises(CnnkitError, match="--min-load-size 12 must lie between --crop-size 16"):
+        UnpairedLoader(ds, 2, crop_size=16, min_side=12)
 
 
 def test_ranks_take_slices_of_the_one_process_batch():

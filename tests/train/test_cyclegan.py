@@ -328,6 +328,8 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(data, tmp_path):
                     "--quiet")
     one_line_error(proc, "odd.png is 90×100 but")
     one_line_error(cyclegan("train", "--crop-size", "18"), "--crop-size must be a multiple of 4")
+    one_line_error(cyclegan("train", "--min-load-size", "60"),
+                   "--min-load-size 60 needs a --load-size and must lie between --crop-size 64")
     with pytest.raises(CnnkitError, match="mnist is a classify data set"):
         train_cyclegan(CycleGanConfig(dataset="mnist", out_dir=str(tmp_path)), **QUIET)
     with pytest.raises(CnnkitError, match="checkpoint not found"):

@@ -7,7 +7,8 @@ Layout (the "unaligned" format of the CycleGAN authors' code, so users bring the
 
 No pairing: an image of A has no counterpart in B (Zhu et al. 2017, §1). `load_unpaired` decodes a
 split of both domains once into uint8 tensors (RGB, resized to `load_size` when given);
-`UnpairedLoader` draws (A batch, B batch) pairs with random crops and flips as whole-batch ops,
+`UnpairedLoader` draws (A batch, B batch) pairs with random crops and flips (and, when asked, a
+random rescale before cropping) as whole-batch ops,
 random only through (seed, epoch), so an interrupted run resumes with the same batches.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Iterator
 
 import torch
 
+from cnnkit.data.array_dataset import resize_images
 from cnnkit.data.augment import flip_images
 from cnnkit.data.imagefolder import IMAGE_EXTENSIONS, decode_image
 from cnnkit.data.loader import epoch_generator
@@ -127,6 +129,14 @@ def random_crop_flip(x: torch.Tensor, size: int, generator: torch.Generator, *,
     return x
 
 
+def random_rescale(x: torch.Tensor, min_side: int, generator: torch.Generator) -> torch.Tensor:
+    """Scale augmentation: the batch of square images resized to one side drawn uniformly from
+    [min_side, their own side], so that crops of it show the objects at every size in between
+    (the test images are translated whole, at another scale than the crops)."""
+    side = int(torch.randint(min_side, x.shape[-1] + 1, (1,), generator=generator))
+    return resize_images(x, side)
+
+
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """uint8 0..255 → float32 [-1, 1], the range of the generators' Tanh."""
     return x.float().div_(127.5).sub_(1.0)
@@ -153,12 +163,16 @@ class UnpairedLoader:
     """
 
     def __init__(self, ds: UnpairedDataset, batch_size: int, *, crop_size: int, hflip: bool = True,
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+                 min_side: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1):
         height, width = ds.image_size
         if crop_size > min(height, width):
             raise CnnkitError(f"--crop-size {crop_size} is larger than the {height}×{width} images "
                               f"of {ds.name}; lower it or raise --load-size")
+        if min_side is not None and not (height == width and crop_size <= min_side <= height):
+            raise CnnkitError(f"--min-load-size {min_side} must lie between --crop-size "
+                              f"{crop_size} and the side of the square images ({height}×{width})")
         self.dataset, self.batch_size, self.crop_size = ds, batch_size, crop_size
+        self.min_side = min_side
         self.hflip, self.seed, self.epoch = hflip, seed, 0
         self.rank, self.world_size = rank, world_size
         self.num_samples = len(ds)
@@ -179,8 +193,9 @@ class UnpairedLoader:
         mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         for start in range(0, len(self) * step, step):
             # Every rank draws the whole global batch's crops, so the streams stay in step.
-            a = random_crop_flip(ds.a[index_a[start:start + step]], self.crop_size, augment,
-                                 hflip=self.hflip)
-            b = random_crop_flip(ds.b[index_b[start:start + step]], self.crop_size, augment,
-                                 hflip=self.hflip)
+            a, b = ds.a[index_a[start:start + step]], ds.b[index_b[start:start + step]]
+            if self.min_side is not None:
+                a, b = (random_rescale(x, self.min_side, augment) for x in (a, b))
+            a = random_crop_flip(a, self.crop_size, augment, hflip=self.hflip)
+            b = random_crop_flip(b, self.crop_size, augment, hflip=self.hflip)
             yield to_unit_range(a[mine]), to_unit_range(b[mine])

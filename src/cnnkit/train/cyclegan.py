@@ -52,9 +52,9 @@ class CycleGanConfig(RunConfig):
     generator, 64-pixel crops, a few epochs); the paper: --ngf 64 --n-blocks 9 (or 6 at 128 px)
     --load-size 286 --crop-size 256 --batch-size 1 --epochs 200 --decay-epochs 100."""
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
-        "dataset", "data_dir", "train_limit", "load_size", "crop_size", "ngf", "n_blocks",
-        "upsample", "ndf", "n_layers_d", "batch_size", "pool_size", "seed", "ema_decay",
-        "val_images", "judge", "judge_size")
+        "dataset", "data_dir", "train_limit", "load_size", "min_load_size", "crop_size", "ngf",
+        "n_blocks", "upsample", "ndf", "n_layers_d", "batch_size", "pool_size", "seed",
+        "ema_decay", "val_images", "judge", "judge_size")
 
     # --- data ---
     dataset: str | None = config_field(None, "registered unpaired data set (horse2zebra, read from "
@@ -64,6 +64,9 @@ class CycleGanConfig(RunConfig):
     train_limit: int | None = config_field(None, "train on the first N images of each domain only")
     load_size: int = config_field(72, "resize every image to this square side before cropping "
                                   "(0: keep the images' own, common size)")
+    min_load_size: int | None = config_field(None, "scale augmentation: each step resizes its "
+                                             "images to a side drawn from [this, --load-size] "
+                                             "before cropping (default: off)")
     crop_size: int = config_field(64, "side of the random training crops (a multiple of 4)")
     hflip: bool = config_field(True, "random left-right flips")
     # --- the networks ---
@@ -127,6 +130,11 @@ class CycleGanConfig(RunConfig):
                               f"layer PatchGAN; raise it or lower --n-layers-d")
         if self.load_size and self.crop_size > self.load_size:
             raise CnnkitError(f"--crop-size {self.crop_size} is larger than --load-size "
+                              f"{self.load_size}")
+        if self.min_load_size is not None and not (
+                self.load_size and self.crop_size <= self.min_load_size <= self.load_size):
+            raise CnnkitError(f"--min-load-size {self.min_load_size} needs a --load-size and must "
+                              f"lie between --crop-size {self.crop_size} and --load-size "
                               f"{self.load_size}")
         if self.decay_epochs is not None and not 0 <= self.decay_epochs <= self.epochs:
             raise CnnkitError(f"--decay-epochs must be in [0, --epochs {self.epochs}], got "
@@ -342,8 +350,8 @@ def _training_data(config: CycleGanConfig, run: Run):
         data, held_out = hold_out(config, data)
         held_out["judge"] = load_judge(config.judge, domains)
     loader = UnpairedLoader(data, config.batch_size, crop_size=config.crop_size,
-                            hflip=config.hflip, seed=config.seed, rank=run.env.rank,
-                            world_size=run.env.world_size)
+                            hflip=config.hflip, min_side=config.min_load_size,
+                            seed=config.seed, rank=run.env.rank, world_size=run.env.world_size)
     test, _ = load_domains(config, "test", load_size=None, limit=config.grid_images)
     # The grids show whole test images at the side they are judged at, the same every epoch.
     side = config.judge_size or config.crop_size
