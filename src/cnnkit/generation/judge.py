@@ -246,8 +246,9 @@ def format_judgement(result: TranslationJudgement) -> str:
     lines = [f"judge {result.judge}: {result.judge_image_size}×{result.judge_image_size} input, "
              f"{result.feature_dim}-d pooled features | accuracy on {total} real test images "
              f"{result.judge_accuracy:.1%} ({accuracy})",
-             f"test images resized whole to {result.image_size}×{result.image_size} (the "
-             f"CycleGAN's training crop unless --image-size), translated, rounded to uint8",
+             f"test images resized whole to {result.image_size}×{result.image_size} (--image-size, "
+             f"else the run's --judge-size, else its training crop), translated, rounded to "
+             f"uint8",
              f"{'direction':<20} {'success':>8} {'FID':>9} {'floor':>9} {'FID/floor':>9} "
              f"{'KID ± se':>19} {'cycle L1':>9}  n (translated vs real; floor)"]
     for j in result.directions.values():
