@@ -1,4 +1,4 @@
-"""How far do *real* photos, lightly degraded, sit from the floor in a domain judge's space? (issue 15)
+"""How far real photos, lightly degraded, sit from the floor in a domain judge's space (issue 15).
 
 CycleGAN's FID target is "within 3× of the floor", the floor being n real training images of the
 target domain against its real test images, in the judge's pooled features (generation/judge.py).
