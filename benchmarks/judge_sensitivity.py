@@ -20,29 +20,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from _timing import cpu_name
 from cnnkit.data.array_dataset import resize_images
 from cnnkit.generation.fid import frechet_distance, statistics
 from cnnkit.generation.judge import judge_images, load_judge
+from cnnkit.ops.filters import gaussian_blur
 from cnnkit.train.cyclegan import CycleGanConfig, load_domains
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """uint8 (N, 3, S, S) through a separable Gaussian of `sigma` pixels, reflect-padded."""
-    radius = max(1, round(3 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-taps ** 2 / (2 * sigma ** 2))
-    kernel = (kernel / kernel.sum()).repeat(3, 1)  # (3, K): one per channel
-    x = images.float()
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :],
-                 groups=3)
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None],
-                 groups=3)
+    """uint8 (N, 3, S, S) through a Gaussian of `sigma` pixels, reflect-padded."""
+    x = gaussian_blur(images.float(), sigma, padding="reflect")
     return x.round().clamp(0, 255).to(torch.uint8)
 
 

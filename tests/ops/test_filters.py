@@ -10,6 +10,7 @@ from PIL import Image
 
 from cnnkit.ops import (EDGE_KERNELS, LAPLACIAN, PREWITT_X, PREWITT_Y, SCHARR_X, SCHARR_Y, SOBEL_X,
                         SOBEL_Y, conv2d, edge_maps)
+from cnnkit.ops.filters import gaussian_blur
 from cnnkit.utils import CnnkitError
 from tests.conftest import DATASETS
 
@@ -118,3 +119,16 @@ def test_bad_inputs():
         edge_maps(torch.zeros(1, 3, 5, 5))
     with pytest.raises(CnnkitError, match="two square 2-D tensors of one shape"):
         edge_maps(torch.zeros(5, 5), SOBEL_X, torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 5 / 3])
+def test_gaussian_blur_equals_one_2d_convolution_with_the_outer_product_kernel(sigma):
+    x = torch.rand(2, 3, 9, 11)
+    radius = max(1, round(3 * sigma))
+    g = torch.exp(-torch.arange(-radius, radius + 1.0) ** 2 / (2 * sigma ** 2))
+    kernel = torch.outer(g, g) / g.sum() ** 2                  # (K, K), sums to 1
+    padded = F.pad(x, [radius] * 4, mode="reflect")
+    expected = F.conv2d(padded, kernel.expand(3, 1, -1, -1), groups=3)
+    assert torch.allclose(gaussian_blur(x, sigma, padding="reflect"), expected, atol=1e-6)
+    flat = torch.full((1, 1, 5, 5), 0.25)
+    assert torch.allclose(gaussian_blur(flat, sigma), flat)  # weights sum to 1

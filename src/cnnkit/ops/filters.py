@@ -11,6 +11,7 @@ difference [−1, 0, 1]:
     Scharr  (Scharr 2000, "Optimale Operatoren in der digitalen Bildverarbeitung")  [3, 10, 3]
 
 LAPLACIAN is the 4-neighbour second derivative ∂²/∂x² + ∂²/∂y², isotropic: it has no direction.
+`gaussian_blur` is the smoothing on its own: a separable Gaussian of a given σ.
 
 All kernels are applied as cross-correlation (what `nn.Conv2d` computes, see `cnnkit.ops.conv`),
 so `SOBEL_X` gives a positive response where the image gets brighter from left to right; true
@@ -98,3 +99,18 @@ def edge_maps(image: torch.Tensor, kernel: str | torch.Tensor = "sobel",
     vertical, horizontal = out[0], out[1]
     return {"vertical": vertical, "horizontal": horizontal,
             "magnitude": torch.sqrt(vertical ** 2 + horizontal ** 2)}
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float, *, padding: str = "replicate") -> torch.Tensor:
+    """Each channel of float (N, C, H, W) smoothed by a Gaussian of `sigma` pixels, truncated at
+    ±round(3σ) (at least ±1) and normalised to sum 1, as two 1-D passes (the 2-D Gaussian is the
+    outer product of two 1-D ones); `padding` ("replicate", "reflect") keeps H × W."""
+    radius = max(1, round(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    g = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()                                             # (K,), K = 2·radius + 1
+    n, c, h, w = x.shape
+    x = x.reshape(n * c, 1, h, w)                               # every channel its own image
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode=padding), g.view(1, 1, 1, -1))  # along W
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode=padding), g.view(1, 1, -1, 1))  # along H
+    return x.reshape(n, c, h, w)

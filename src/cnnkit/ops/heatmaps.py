@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnkit.ops.filters import gaussian_blur
+
 SIGMA_AT_64 = 2.0  # the reference σ (MODEL.SIGMA) for a 64-pixel-high heatmap (256×192 input)
 
 
@@ -115,14 +117,8 @@ def _dark_offset(hm: torch.Tensor, px: torch.Tensor, py: torch.Tensor,
     or the Hessian is not negative definite (no peak to refine)."""
     n, j, h, w = hm.shape
     if blur_kernel > 1:
-        sigma = (blur_kernel - 1) / 6  # the kernel spans ±3σ
-        t = torch.arange(blur_kernel, dtype=torch.float32) - blur_kernel // 2
-        g = torch.exp(-t ** 2 / (2 * sigma ** 2))
-        g = g / g.sum()
         peak = hm.amax(dim=(-2, -1), keepdim=True)
-        x = hm.reshape(n * j, 1, h, w)  # every map a one-channel image
-        x = F.conv2d(F.pad(x, [blur_kernel // 2] * 4, mode="replicate"), g.view(1, 1, 1, -1))
-        x = F.conv2d(x, g.view(1, 1, -1, 1)).reshape(n, j, h, w)
+        x = gaussian_blur(hm, (blur_kernel - 1) / 6)  # σ such that the kernel spans ±3σ
         hm = x * peak / x.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
     log = hm.clamp_min(1e-10).log().reshape(n, j, h * w)
 

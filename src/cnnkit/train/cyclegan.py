@@ -155,6 +155,11 @@ class CycleGanConfig(RunConfig):
                               f"domain), got {self.val_images}")
         return self
 
+    @property
+    def judged_side(self) -> int:
+        """The side whole held-out photos (and the grids' test photos) are translated at."""
+        return self.judge_size or self.crop_size
+
     def resolve(self) -> "CycleGanConfig":
         self.validate()
         if self.decay_epochs is None:
@@ -308,8 +313,8 @@ def validation_row(g_ab: nn.Module, g_ba: nn.Module, held_out: dict, domains,
     judge_generators) as metrics.csv columns; val_fid_ratio, the worse direction's FID / floor,
     picks best.pt."""
     verdict = judge_generators(g_ab, g_ba, held_out["judge"], held_out["val"], held_out["floor"],
-                               domains, image_size=config.judge_size or config.crop_size,
-                               device=device, seed=config.seed)
+                               domains, image_size=config.judged_side, device=device,
+                               seed=config.seed)
     row = {}
     for name, key in (("AtoB", "ab"), ("BtoA", "ba")):
         row[f"val_success_{key}"] = verdict.directions[name].success
@@ -354,8 +359,7 @@ def _training_data(config: CycleGanConfig, run: Run):
                             seed=config.seed, rank=run.env.rank, world_size=run.env.world_size)
     test, _ = load_domains(config, "test", load_size=None, limit=config.grid_images)
     # The grids show whole test images at the side they are judged at, the same every epoch.
-    side = config.judge_size or config.crop_size
-    fixed = {d: to_unit_range(resize_images(x, side)).to(run.device)
+    fixed = {d: to_unit_range(resize_images(x, config.judged_side)).to(run.device)
              for d, x in (("a", test.a), ("b", test.b))}
     return loader, domains, held_out, fixed
 
