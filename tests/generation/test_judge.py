@@ -12,7 +12,8 @@ from torch import nn
 
 from cnnkit.data.array_dataset import resize_images
 from cnnkit.data.unpaired import load_unpaired, to_unit_range
-from cnnkit.generation.fid import Classifier, features, frechet_distance, statistics
+from cnnkit.generation.fid import (Classifier, features, frechet_distance, kid_from_features,
+                                   statistics)
 from cnnkit.generation.judge import (NOT_INCEPTION, judge_generators, judge_translation,
                                      load_judge, summarise_judges)
 from cnnkit.train.classify import train
@@ -98,9 +99,18 @@ def test_identity_translator_scores_the_judges_error_and_no_cycle_loss(setup):
     assert result.feature_dim == fa.shape[1] == 512
     assert ab.fid == pytest.approx(frechet_distance(*statistics(fa), *statistics(fb)), rel=1e-6)
     assert ba.fid == pytest.approx(frechet_distance(*statistics(fb), *statistics(fa)), rel=1e-6)
-    fb_train = features(oracle, resize_images(setup["train"].b[:6], SIDE))
-    assert ab.fid_floor == pytest.approx(frechet_distance(*statistics(fb_train),
-                                                          *statistics(fb)), rel=1e-6)
+    # The floor: the median FID of the two disjoint samples of 6 of the 16 training zebras, in the
+    # random order of the judging seed (0).
+    fb_train = features(oracle, resize_images(setup["train"].b, SIDE))
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(0)).numpy()
+    floors = [frechet_distance(*statistics(fb_train[order[i:i + 6]]), *statistics(fb))
+              for i in (0, 6)]
+    assert ab.floor_samples == 2 and ab.fid_floors == pytest.approx(floors, rel=1e-6)
+    assert ab.fid_floor == pytest.approx(sum(floors) / 2, rel=1e-6)  # two: median = mean
+    assert ab.fid_ratio == pytest.approx(ab.fid / ab.fid_floor)
+    # KID's floor takes all 16 at once.
+    assert (ab.kid_floor, ab.kid_floor_se) == pytest.approx(kid_from_features(fb_train, fb),
+                                                            rel=1e-6)
 
 
 def test_swapping_in_real_target_images_scores_the_judges_accuracy_and_the_floor(setup):
@@ -114,15 +124,22 @@ def test_swapping_in_real_target_images_scores_the_judges_accuracy_and_the_floor
     assert ab.success == pytest.approx(result.domain_accuracy["zebra"])
     assert ba.success == pytest.approx(result.domain_accuracy["horse"])
     assert ab.cycle_l1 == 0.0 and ab.fid == pytest.approx(0.0, abs=1e-6)  # the same set
-    # Swapping in the first real *training* zebras reproduces the floor's set exactly.
-    swapped = judge_generators(Lookup(a, _unit(train_set.b[:6])), nn.Identity(), judge, test,
-                               train_set, ("horse", "zebra"), image_size=SIDE)
+    # Swapping in the real *training* zebras of the first floor sample (the seed's random order)
+    # reproduces that sample's FID; with only those six as the training set, the whole floor.
+    first = train_set.b[torch.randperm(16, generator=torch.Generator().manual_seed(0))[:6]]
+    swapped = judge_generators(Lookup(a, _unit(first)), nn.Identity(), judge, test, train_set,
+                               ("horse", "zebra"), image_size=SIDE)
     sab = swapped.directions["AtoB"]
-    assert sab.fid == pytest.approx(sab.fid_floor, rel=1e-9) and sab.fid_floor > 0
-    assert (sab.kid, sab.kid_se) == pytest.approx((sab.kid_floor, sab.kid_floor_se), rel=1e-9)
+    assert sab.fid == pytest.approx(sab.fid_floors[0], rel=1e-9) and sab.fid_floor > 0
+    assert sab.fid_floors[1] != pytest.approx(sab.fid_floors[0])  # another sample, another FID
+    six = replace(train_set, a=train_set.a[:6], b=first)
+    alone = judge_generators(Lookup(a, _unit(first)), nn.Identity(), judge, test, six,
+                             ("horse", "zebra"), image_size=SIDE).directions["AtoB"]
+    assert alone.floor_samples == 1 and alone.fid == pytest.approx(alone.fid_floor, rel=1e-6)
+    assert (alone.kid, alone.kid_se) == pytest.approx((alone.kid_floor, alone.kid_floor_se),
+                                                      rel=1e-6)
     zebra = judge.classes.index("zebra")
-    assert sab.success == pytest.approx(
-        (_judge_on(judge, train_set.b[:6]) == zebra).double().mean().item())
+    assert sab.success == pytest.approx((_judge_on(judge, first) == zebra).double().mean().item())
     assert sab.cycle_l1 > 0  # F is the identity: the horse does not come back
 
 
@@ -134,8 +151,11 @@ def test_cli_eval_prints_the_judgement(setup):
     for j in result.directions.values():
         row = next(line for line in out.splitlines() if line.startswith(f"{j.source} → "))
         assert re.search(rf"\s{j.success * 100:.1f}%\s", row), row
-        assert row.rstrip().endswith(f"{j.n} vs {j.n_real}; {j.n_floor} train")
+        assert row.rstrip().endswith(f"{j.n} vs {j.n_real}; 3 × {j.n_floor} train")
         assert j.n == j.n_real == j.n_floor == 5 and j.fid >= 0 and j.cycle_l1 > 0
+        # Every training photo is read for the floor (16 of them: 3 samples of 5), not only n.
+        assert j.floor_samples == 3 and f"{j.target} [{min(j.fid_floors):.3f} – " in out
+        assert j.fid_floor == sorted(j.fid_floors)[1]  # the median of three
     assert f"{result.judge_accuracy:.1%}" in out and f"resized whole to {SIDE}×{SIDE}" in out
     assert NOT_INCEPTION in out and "NOT Inception-FID" in out
 
