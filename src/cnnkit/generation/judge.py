@@ -16,8 +16,7 @@ domains' real training images (`cnnkit train --dataset horse2zebra-domains`, or
   (FID's bias depends on the sample size; in a two-class judge's heavy-tailed features one real
   sample's FID can sit ten times another's, so one sample is no floor, and the median is not
   pulled up by the few far ones as the mean is), for KID all of them at once (unbiased at any
-  size). These are not Inception-FID and cannot be compared
-  with published figures;
+  size). These are not Inception-FID and cannot be compared with published figures;
 - cycle L1: mean |F(G(x)) − x| over the test images, in the generators' [-1, 1] units.
 
 Every test image is resized whole (antialiased bilinear) to the side the CycleGAN trained its crops
@@ -282,8 +281,8 @@ def format_judgement(result: TranslationJudgement) -> str:
                      f"{j.n} vs {j.n_real}; {j.floor_samples} × {j.n_floor} train")
     lines.append("success: translated test images the judge assigns to the target domain; floor: "
                  "real target training images vs the same real test images (FID: the median over "
-                 "disjoint random samples of as many as were translated; KID: all of them); cycle L1: "
-                 "mean |F(G(x)) − x| in [-1, 1] units")
+                 "disjoint random samples of as many as were translated; KID: all of them); "
+                 "cycle L1: mean |F(G(x)) − x| in [-1, 1] units")
     lines.append("floor samples' FID [min – max], as a multiple of their median: " + "; ".join(
         f"{j.target} [{min(j.fid_floors):.3f} – {max(j.fid_floors):.3f}], "
         f"[{min(j.fid_floors) / j.fid_floor:.2f} – {max(j.fid_floors) / j.fid_floor:.2f}]×"
@@ -311,7 +310,6 @@ def summarise_judges(results: list[TranslationJudgement]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DirectionJudgement", "TranslationJudgement", "load_judge", "judge_images", "real_floor",
-           "translate_and_cycle", "judge_generators", "judge_translation", "judge_translations",
-           "format_judgement",
-           "summarise_judges", "NOT_INCEPTION"]
+__all__ = ["DirectionJudgement", "TranslationJudgement", "load_judge", "judge_images",
+           "translate_and_cycle", "real_floor", "judge_generators", "judge_translation",
+           "judge_translations", "format_judgement", "summarise_judges", "NOT_INCEPTION"]
