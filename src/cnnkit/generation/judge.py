@@ -55,8 +55,6 @@ class DirectionJudgement:
     target: str
     success: float  # fraction of translated source images the judge assigns to the target
     fid: float  # translated vs real target test images
-    fid_floor: float  # median FID of floor_samples disjoint samples of n_floor real target
-    #                   training images vs the same real target test images
     kid: float
     kid_se: float  # KID's standard error (fid.kid_from_features)
     kid_floor: float
@@ -65,11 +63,17 @@ class DirectionJudgement:
     n: int  # translated images (the source's test images)
     n_real: int  # real target test images they are compared with
     n_floor: int  # real target training images in each floor sample (n where there are as many)
-    fid_floors: tuple[float, ...] = ()  # each disjoint floor sample's FID; fid_floor: the median
+    fid_floors: tuple[float, ...]  # FID of each disjoint sample of n_floor real target training
+    #                                images vs the same real target test images
+
+    @property
+    def fid_floor(self) -> float:
+        """The floor: the median of the samples' FIDs (real_floor)."""
+        return float(np.median(self.fid_floors))
 
     @property
     def floor_samples(self) -> int:
-        return max(1, len(self.fid_floors))
+        return len(self.fid_floors)
 
     @property
     def fid_ratio(self) -> float:
@@ -206,7 +210,7 @@ def judge_generators(g_ab: nn.Module, g_ba: nn.Module, judge: LoadedModel, test:
         directions[name] = DirectionJudgement(
             name, domains["AB".index(src)], domains["AB".index(tgt)],
             success=float((fake_preds == index[tgt]).double().mean()),
-            fid=frechet_distance(*statistics(fake_feats), *ref), fid_floor=float(np.median(floors)),
+            fid=frechet_distance(*statistics(fake_feats), *ref),
             kid=kid, kid_se=kid_se, kid_floor=kid_floor, kid_floor_se=kid_floor_se,
             cycle_l1=cycle, n=n, n_real=len(real[tgt]), n_floor=min(n, len(floor_feats)),
             fid_floors=tuple(float(f) for f in floors))
@@ -286,7 +290,7 @@ def format_judgement(result: TranslationJudgement) -> str:
     lines.append("floor samples' FID [min – max], as a multiple of their median: " + "; ".join(
         f"{j.target} [{min(j.fid_floors):.3f} – {max(j.fid_floors):.3f}], "
         f"[{min(j.fid_floors) / j.fid_floor:.2f} – {max(j.fid_floors) / j.fid_floor:.2f}]×"
-        for j in result.directions.values() if j.fid_floors and j.fid_floor > 0))
+        for j in result.directions.values() if j.fid_floor > 0))
     lines.append(NOT_INCEPTION)
     return "\n".join(lines)
 
