@@ -138,6 +138,21 @@ def test_random_rescale_draws_every_side_in_range_and_resizes_the_whole_batch():
         UnpairedLoader(ds, 2, crop_size=16, min_side=12)
 
 
+def test_domains_of_different_sizes_are_cropped_each_from_its_own():
+    # --load-size-b: B resized on its own, here to the crop, so every B crop is a whole image
+    ds = load_unpaired(HORSE2ZEBRA, limit=3, load_size=24)
+    ds.b = resize_images(ds.b, 16)
+    loader = UnpairedLoader(ds, 3, crop_size=16, seed=2)
+    a, b = next(iter(loader))
+    assert a.shape == b.shape == (3, 3, 16, 16)
+    whole = to_unit_range(ds.b)
+    assert all(any(torch.equal(x, w) or torch.equal(x, w.flip(-1)) for w in whole) for x in b)
+    assert not all(any(torch.equal(x, w) for w in to_unit_range(resize_images(ds.a, 16)))
+                   for x in a)  # A is cropped from its 24-pixel images, not resized
+    with pytest.raises(CnnkitError, match="--crop-size 20 is larger than the 16×16 images"):
+        UnpairedLoader(ds, 3, crop_size=20)
+
+
 def test_ranks_take_slices_of_the_one_process_batch():
     """Under torchrun, rank r of W with batch B gets the r-th B pairs of the batch B·W a single
     process draws — crops and flips included (real photos, random crops)."""

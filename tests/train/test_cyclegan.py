@@ -164,6 +164,16 @@ def test_tiny_end_to_end_run_writes_its_folder(data, tmp_path):
         assert grid.size[0] > 200
 
 
+def test_domain_b_trains_at_its_own_scale(data, tmp_path):
+    lines = []
+    config = CycleGanConfig(data_dir=str(data), out_dir=str(tmp_path), name="run", load_size=24,
+                            load_size_b=16, crop_size=16, ngf=4, ndf=4, n_blocks=1, n_layers_d=2,
+                            pool_size=2, epochs=1, train_limit=4, grid_images=1, threads=1,
+                            quiet=True, tensorboard=False)
+    train_cyclegan(config, log=lines.append)
+    assert any("4 + 4 images 24×24 + 16×16, crops 16" in line for line in lines)
+
+
 def _weights(ckpt) -> dict:
     """Every saved tensor of the four networks and of the generators' averages, by name."""
     named = {(part, key): value for part, state in ckpt["models"].items()
@@ -328,6 +338,8 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(data, tmp_path):
                     "--quiet")
     one_line_error(proc, "odd.png is 90×100 but")
     one_line_error(cyclegan("train", "--crop-size", "18"), "--crop-size must be a multiple of 4")
+    one_line_error(cyclegan("train", "--load-size-b", "60"),
+                   "--crop-size 64 is larger than --load-size-b 60")
     one_line_error(cyclegan("train", "--min-load-size", "60"),
                    "--min-load-size 60 needs a --load-size and must lie between --crop-size 64")
     with pytest.raises(CnnkitError, match="mnist is a classify data set"):

@@ -33,7 +33,8 @@ _ORDER, _AUGMENT = 0, 1  # independent random streams of an epoch
 
 @dataclass
 class UnpairedDataset:
-    """One split of two domains: a, b uint8 (N_A, 3, H, W) and (N_B, 3, H, W), same H × W."""
+    """One split of two domains: a, b uint8 (N_A, 3, H, W) and (N_B, 3, H', W'); as loaded both
+    share one size, a per-domain training scale (--load-size-b) resizes b."""
 
     a: torch.Tensor
     b: torch.Tensor
@@ -47,6 +48,7 @@ class UnpairedDataset:
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """Domain A's H × W (B's is the same unless resized on its own)."""
         return tuple(self.a.shape[-2:])
 
 
@@ -164,13 +166,15 @@ class UnpairedLoader:
 
     def __init__(self, ds: UnpairedDataset, batch_size: int, *, crop_size: int, hflip: bool = True,
                  min_side: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1):
-        height, width = ds.image_size
-        if crop_size > min(height, width):
-            raise CnnkitError(f"--crop-size {crop_size} is larger than the {height}×{width} images "
-                              f"of {ds.name}; lower it or raise --load-size")
-        if min_side is not None and not (height == width and crop_size <= min_side <= height):
-            raise CnnkitError(f"--min-load-size {min_side} must lie between --crop-size "
-                              f"{crop_size} and the side of the square images ({height}×{width})")
+        for images in (ds.a, ds.b):
+            height, width = images.shape[-2:]
+            if crop_size > min(height, width):
+                raise CnnkitError(f"--crop-size {crop_size} is larger than the {height}×{width} "
+                                  f"images of {ds.name}; lower it or raise --load-size")
+            if min_side is not None and not (height == width and crop_size <= min_side <= height):
+                raise CnnkitError(f"--min-load-size {min_side} must lie between --crop-size "
+                                  f"{crop_size} and the side of the square images "
+                                  f"({height}×{width})")
         self.dataset, self.batch_size, self.crop_size = ds, batch_size, crop_size
         self.min_side = min_side
         self.hflip, self.seed, self.epoch = hflip, seed, 0

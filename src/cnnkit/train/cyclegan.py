@@ -52,7 +52,8 @@ class CycleGanConfig(RunConfig):
     generator, 64-pixel crops, a few epochs); the paper: --ngf 64 --n-blocks 9 (or 6 at 128 px)
     --load-size 286 --crop-size 256 --batch-size 1 --epochs 200 --decay-epochs 100."""
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
-        "dataset", "data_dir", "train_limit", "load_size", "min_load_size", "crop_size", "ngf",
+        "dataset", "data_dir", "train_limit", "load_size", "load_size_b", "min_load_size",
+        "crop_size", "ngf",
         "n_blocks", "upsample", "ndf", "n_layers_d", "batch_size", "pool_size", "seed",
         "ema_decay", "val_images", "judge", "judge_size")
 
@@ -64,6 +65,10 @@ class CycleGanConfig(RunConfig):
     train_limit: int | None = config_field(None, "train on the first N images of each domain only")
     load_size: int = config_field(72, "resize every image to this square side before cropping "
                                   "(0: keep the images' own, common size)")
+    load_size_b: int | None = config_field(None, "resize domain B's training images to this side "
+                                           "instead (default: --load-size): a training scale "
+                                           "per direction, as each generator learns from its "
+                                           "source domain's crops")
     min_load_size: int | None = config_field(None, "scale augmentation: each step resizes its "
                                              "images to a side drawn from [this, --load-size] "
                                              "before cropping (default: off)")
@@ -131,6 +136,9 @@ class CycleGanConfig(RunConfig):
         if self.load_size and self.crop_size > self.load_size:
             raise CnnkitError(f"--crop-size {self.crop_size} is larger than --load-size "
                               f"{self.load_size}")
+        if self.load_size_b is not None and self.crop_size > self.load_size_b:
+            raise CnnkitError(f"--crop-size {self.crop_size} is larger than --load-size-b "
+                              f"{self.load_size_b}")
         if self.min_load_size is not None and not (
                 self.load_size and self.crop_size <= self.min_load_size <= self.load_size):
             raise CnnkitError(f"--min-load-size {self.min_load_size} needs a --load-size and must "
@@ -354,6 +362,8 @@ def _training_data(config: CycleGanConfig, run: Run):
     if config.val_images:
         data, held_out = hold_out(config, data)
         held_out["judge"] = load_judge(config.judge, domains)
+    if config.load_size_b:
+        data = replace(data, b=resize_images(data.b, config.load_size_b))
     loader = UnpairedLoader(data, config.batch_size, crop_size=config.crop_size,
                             hflip=config.hflip, min_side=config.min_load_size,
                             seed=config.seed, rank=run.env.rank, world_size=run.env.world_size)
@@ -388,9 +398,11 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
                       "mean": [0.5] * 3, "std": [0.5] * 3,
                       "image_shape": [3, config.crop_size, config.crop_size]})
     if not run.resuming:
+        # "128×128", or "128×128 + 72×72" when --load-size-b sets B's scale apart
+        sizes = " + ".join(dict.fromkeys(f"{x.shape[-2]}×{x.shape[-1]}" for x in (data.a, data.b)))
         log(f"CycleGAN {domains[0]} ↔ {domains[1]}: 2 × G {count_parameters(g_ab):,} / 2 × D "
             f"{count_parameters(d_a):,} parameters | {len(data.a)} + {len(data.b)} images "
-            f"{data.image_size[0]}×{data.image_size[1]}, crops {config.crop_size} | "
+            f"{sizes}, crops {config.crop_size} | "
             f"{config.epochs} epochs × {len(loader)} steps"
             f"{f' × {env.world_size} ranks' if env.active else ''} | {run.device.type}, "
             f"{run.precision} | run {run.dir}")
