@@ -53,9 +53,8 @@ class CycleGanConfig(RunConfig):
     --load-size 286 --crop-size 256 --batch-size 1 --epochs 200 --decay-epochs 100."""
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
         "dataset", "data_dir", "train_limit", "load_size", "load_size_b", "min_load_size",
-        "crop_size", "ngf",
-        "n_blocks", "upsample", "ndf", "n_layers_d", "batch_size", "pool_size", "seed",
-        "ema_decay", "val_images", "judge", "judge_size")
+        "crop_size", "ngf", "n_blocks", "upsample", "ndf", "n_layers_d", "batch_size",
+        "pool_size", "seed", "ema_decay", "val_images", "judge", "judge_size")
 
     # --- data ---
     dataset: str | None = config_field(None, "registered unpaired data set (horse2zebra, read from "
