@@ -21,8 +21,8 @@ import numpy as np
 from _timing import cpu_name
 from cnnkit.data.array_dataset import resize_images
 from cnnkit.generation.fid import frechet_distance, statistics
-from cnnkit.generation.judge import judge_images, load_judge, real_floor, translate_and_cycle
-from cnnkit.inference.load import load_model
+from cnnkit.generation.judge import (judge_images, load_generators, load_judge, real_floor,
+                                     translate_and_cycle)
 from cnnkit.train.cyclegan import CycleGanConfig, load_domains
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -36,11 +36,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="draws the floor samples")
     args = parser.parse_args()
     start = time.perf_counter()
-    generators = {part: load_model(args.cyclegan, task="cyclegan", command="judge_split",
-                                   prefer="best", part=part)
-                  for part in ("generator_ab", "generator_ba")}
-    saved = generators["generator_ab"].config
-    side = saved.get("judge_size") or saved.get("crop_size")  # as `cyclegan eval` translates
+    generators, side = load_generators(args.cyclegan, command="judge_split")  # as `eval` does
     config = CycleGanConfig(dataset="horse2zebra", data_dir=str(args.data_dir), quiet=True)
     train, domains = load_domains(config, "train", load_size=None)
     test, _ = load_domains(config, "test", load_size=None)
@@ -70,7 +66,7 @@ def main() -> None:
             norm = [float(np.linalg.norm(x, axis=1).mean()) if len(x) else float("nan")
                     for x in (feats[ok], feats[~ok], real_feats)]
             name = f"{domains['AB'.index(source)]} → {domains['AB'.index(target)]}"
-            print(f"{Path(path).name:<22} {name:<15} {ok.mean():>8.1%} "
+            print(f"{path:<22} {name:<15} {ok.mean():>8.1%} "
                   f"{frechet_distance(*statistics(feats), *reference):>7.2f} "
                   f"{float(np.sum((feats.mean(0) - reference[0]) ** 2)):>10.2f} {fid_ok:>14.2f} "
                   f"{floor:>11.2f} {fid_ok / floor:>6.2f}  {norm[0]:.2f} / {norm[1]:.2f} / "

@@ -46,11 +46,6 @@ class UnpairedDataset:
         """Images of an epoch: every image of the larger domain once (the authors' rule)."""
         return max(len(self.a), len(self.b))
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """Domain A's H × W (B's is the same unless resized on its own)."""
-        return tuple(self.a.shape[-2:])
-
 
 def domain_files(root: str | Path, split: str, domain: str) -> list[Path]:
     """The image files of ROOT/<split><domain>, sorted; a missing or empty folder, or a file that

@@ -236,6 +236,17 @@ def judge_translation(cyclegan_checkpoint: str | Path, judge_checkpoint: str | P
                               n=n, data_dir=data_dir, device=device, seed=seed)[0]
 
 
+def load_generators(cyclegan_checkpoint: str | Path, *, command: str = COMMAND
+                    ) -> tuple[dict[str, LoadedModel], int]:
+    """({"generator_ab": G, "generator_ba": F} of a CycleGAN run (its best.pt where it has one),
+    the side it judged its held-out epochs at: its --judge-size, else its training crop)."""
+    parts = {part: load_model(cyclegan_checkpoint, task="cyclegan", command=command,
+                              prefer="best", part=part)
+             for part in ("generator_ab", "generator_ba")}
+    loaded = parts["generator_ab"]
+    return parts, loaded.config.get("judge_size") or loaded.image_shape[-1]
+
+
 def judge_translations(cyclegan_checkpoint: str | Path, judge_checkpoints: Sequence[str | Path],
                        *, image_size: int | None = None, n: int | None = None,
                        data_dir: str | Path | None = None, device: str = "auto",
@@ -247,10 +258,7 @@ def judge_translations(cyclegan_checkpoint: str | Path, judge_checkpoints: Seque
     if n is not None and n < 3:
         raise CnnkitError(f"--n must be at least 3 images (KID's jackknife), got {n}")
     device = resolve_device(device)
-    parts = {}
-    for part in ("generator_ab", "generator_ba"):
-        parts[part] = load_model(cyclegan_checkpoint, task="cyclegan", command=COMMAND,
-                                 prefer="best", part=part)
+    parts, judged_side = load_generators(cyclegan_checkpoint)
     loaded = parts["generator_ab"]
     domains = tuple(loaded.classes)
     judges = [load_judge(path, domains) for path in judge_checkpoints]
@@ -259,8 +267,7 @@ def judge_translations(cyclegan_checkpoint: str | Path, judge_checkpoints: Seque
                             data_dir=str(data_dir or saved.get("data_dir", "~/.cache/cnnkit")))
     test, _ = load_domains(config, "test", load_size=None, limit=n)
     train, _ = load_domains(config, "train", load_size=None)  # every floor sample
-    # The side the run judged its held-out epochs at (--judge-size), else its training crop.
-    side = image_size or saved.get("judge_size") or loaded.image_shape[-1]
+    side = image_size or judged_side
     return [judge_generators(parts["generator_ab"].model, parts["generator_ba"].model, judge,
                              test, train, domains, image_size=side, device=device, seed=seed)
             for judge in judges]
