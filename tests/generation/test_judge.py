@@ -240,6 +240,39 @@ def test_held_out_training_images_judge_each_epoch_and_pick_best_pt(setup):
     assert judge_translation(gan.run_dir, setup["judge"], n=3, device="cpu").image_size == SIDE + 4
 
 
+def test_choose_each_keeps_each_generator_from_its_own_best_epoch(setup):
+    """--choose each, trained one epoch per call (resumed twice, so the choice so far rides in
+    last.pt): best.pt's G is the epoch with the lowest held-out horse → zebra FID / floor, its F
+    the epoch with the lowest zebra → horse, weights and averages alike."""
+    common = dict(dataset="horse2zebra", data_dir=str(setup["data_dir"]), train_limit=8,
+                  load_size=SIDE + 4, crop_size=SIDE, ngf=4, ndf=4, n_blocks=1, n_layers_d=2,
+                  pool_size=2, epochs=3, grid_images=1, val_images=3, judge=str(setup["judge"]),
+                  ema_decay=0.5, choose="each", **QUIET)
+    run_dir, lines, snapshots = setup["tmp"] / "gan_each", [], []
+    for epochs in (1, 2, 3):
+        resume = dict(resume=str(run_dir)) if snapshots else dict(
+            out_dir=str(setup["tmp"]), name="gan_each", **common)
+        train_cyclegan(CycleGanConfig(max_epochs=epochs, **resume), log=lines.append)
+        snapshots.append(torch.load(run_dir / "last.pt", weights_only=True))
+    history = snapshots[-1]["history"]
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    for part, key in (("generator_ab", "val_fid_ratio_ab"), ("generator_ba", "val_fid_ratio_ba")):
+        scores = [row[key] for row in history]
+        epoch = 1 + scores.index(min(scores))
+        assert best["best"]["each"][part] == {"epoch": epoch, "value": min(scores),
+                                              "metric": key}
+        then = snapshots[epoch - 1]
+        for group in ("models", "ema"):
+            saved = best[group][part] if group == "models" else best[group][part]["model"]
+            there = then[group][part] if group == "models" else then[group][part]["model"]
+            assert all(torch.equal(saved[k], there[k]) for k in there), (part, group)
+    assert "each_best" not in best["extra"] and set(snapshots[-1]["extra"]["each_best"]) == {
+        "generator_ab", "generator_ba"}
+    assert any(line.startswith("best.pt: horse → zebra from epoch ") for line in lines)
+    with pytest.raises(CnnkitError, match="--choose each .* needs --val-images and --judge"):
+        CycleGanConfig(**{**common, "val_images": 0, "judge": None}).validate()
+
+
 def test_held_out_images_need_a_judge_and_leave_training_images(setup):
     common = dict(dataset="horse2zebra", data_dir=str(setup["data_dir"]), train_limit=4,
                   load_size=SIDE + 4, crop_size=SIDE, out_dir=str(setup["tmp"]), **QUIET)

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,11 +18,13 @@ from torch import nn
 
 from cnnkit.data.array_dataset import resize_images
 from cnnkit.data.unpaired import load_unpaired, to_unit_range
+from cnnkit.diffusion.ema import EMA
 from cnnkit.models import create_model
 from cnnkit.models.cyclegan import PatchDiscriminator, ResnetGenerator
-from cnnkit.train.cyclegan import (CycleGanConfig, ImagePool, discriminator_loss,
-                                   generator_losses, lr_factor, lsgan_loss, train_cyclegan,
-                                   translate_files)
+from cnnkit.train.cyclegan import (CycleGanConfig, ImagePool, _training_data,
+                                   discriminator_loss, generator_losses, keep_each_best,
+                                   lr_factor, lsgan_loss, train_cyclegan, translate_files,
+                                   with_each_best)
 from cnnkit.utils import CnnkitError
 from tests.data.test_unpaired import make_unpaired
 
@@ -172,6 +176,13 @@ def test_domain_b_trains_at_its_own_scale(data, tmp_path):
                             quiet=True, tensorboard=False)
     train_cyclegan(config, log=lines.append)
     assert any("4 + 4 images 24×24 + 16×16, crops 16" in line for line in lines)
+    # B larger than A: its photos are resized from the files, not enlarged from A's 16 px
+    run = SimpleNamespace(env=SimpleNamespace(rank=0, world_size=1), device=torch.device("cpu"))
+    config = replace(config, load_size=16, load_size_b=24)
+    loader = _training_data(config, run)[0]
+    files = load_unpaired(data, "train", limit=4)
+    assert torch.equal(loader.dataset.a, resize_images(files.a, 16))
+    assert torch.equal(loader.dataset.b, resize_images(files.b, 24))
 
 
 def _weights(ckpt) -> dict:
@@ -346,3 +357,42 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(data, tmp_path):
         train_cyclegan(CycleGanConfig(dataset="mnist", out_dir=str(tmp_path)), **QUIET)
     with pytest.raises(CnnkitError, match="checkpoint not found"):
         translate_files(tmp_path / "nothing", [tmp_path / "x.png"], tmp_path / "out")
+
+
+def test_each_generator_keeps_the_epoch_best_for_its_own_direction():
+    """--choose each: G keeps its weights (and average) from the epoch of the lowest held-out
+    horse → zebra score, F from the lowest zebra → horse; a NaN score never wins; best.pt holds
+    that pair with the rest of the latest epoch."""
+    nets = {"generator_ab": nn.Linear(2, 2), "generator_ba": nn.Linear(2, 2)}
+    emas = {part: EMA(net, decay=0.5) for part, net in nets.items()}
+    scores = [(3.0, 1.0), (1.0, 2.0), (2.0, float("nan")), (1.5, 0.5)]  # (ab, ba) per epoch
+    kept, seen = {}, []
+    for epoch, (ab, ba) in enumerate(scores, start=1):
+        for net in nets.values():  # a "training epoch": every weight moves
+            with torch.no_grad():
+                for w in net.parameters():
+                    w.add_(torch.randn_like(w))
+        for ema in emas.values():
+            ema.update()
+        seen.append({part: (net.weight.clone(), emas[part].model.weight.clone())
+                     for part, net in nets.items()})
+        row = {"val_fid_ratio_ab": ab, "val_fid_ratio_ba": ba}
+        improved = keep_each_best(kept, row, epoch, nets, emas)
+        assert improved == {1: ["generator_ab", "generator_ba"], 2: ["generator_ab"], 3: [],
+                            4: ["generator_ba"]}[epoch]
+    assert (kept["generator_ab"]["epoch"], kept["generator_ba"]["epoch"]) == (2, 4)
+    for part, epoch in (("generator_ab", 2), ("generator_ba", 4)):
+        weight, averaged = seen[epoch - 1][part]
+        assert torch.equal(kept[part]["model"]["weight"], weight)
+        assert torch.equal(kept[part]["ema"]["model"]["weight"], averaged)
+    assert not torch.equal(kept["generator_ab"]["model"]["weight"],
+                           nets["generator_ab"].weight)  # a copy, not the live tensor
+    state = {"models": {p: n.state_dict() for p, n in nets.items()} | {"discriminator_a": {}},
+             "ema": {p: e.state_dict() for p, e in emas.items()},
+             "extra": {"each_best": kept}, "best": {"value": None}}
+    best = with_each_best(state, kept)
+    assert best["models"]["generator_ab"] is kept["generator_ab"]["model"]
+    assert best["ema"]["generator_ba"] is kept["generator_ba"]["ema"]
+    assert "each_best" not in best["extra"] and "each_best" in state["extra"]
+    assert best["best"]["each"]["generator_ab"] == {"epoch": 2, "value": 1.0,
+                                                    "metric": "val_fid_ratio_ab"}

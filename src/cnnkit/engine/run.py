@@ -338,6 +338,14 @@ class Run:
             self._write_metrics()
         return improved
 
+    def save_best(self, edit=None) -> None:
+        """best.pt of this moment, for a task that decides itself what is best; `edit(state)`
+        may change the envelope first (CycleGAN's --choose each assembles it from the epochs
+        each generator did best in). Collective under torchrun."""
+        state = self._state()
+        if self.dir is not None and self.env.is_main:
+            save_checkpoint(self.dir / "best.pt", edit(state) if edit else state)
+
     def stop_early(self, message: str) -> None:
         """End the run as finished before its planned epochs (early stopping)."""
         self.early_stopped = True

@@ -17,6 +17,7 @@ pools; the gradients are averaged over the ranks before each step, so all ranks 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -44,6 +45,10 @@ if "cyclegan" not in TASKS:
     register_task("cyclegan", "cnnkit cyclegan train", ("cyclegan translate",))
 
 DIRECTIONS = ("AtoB", "BtoA")
+# What best.pt keeps: the epoch whose worse direction is best, or each generator's own best epoch.
+CHOICES = ("pair", "each")
+# Each generator and the held-out column that scores its direction.
+OWN_SCORE = {"generator_ab": "val_fid_ratio_ab", "generator_ba": "val_fid_ratio_ba"}
 
 
 @dataclass
@@ -54,7 +59,7 @@ class CycleGanConfig(RunConfig):
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
         "dataset", "data_dir", "train_limit", "load_size", "load_size_b", "min_load_size",
         "crop_size", "ngf", "n_blocks", "upsample", "ndf", "n_layers_d", "batch_size",
-        "pool_size", "seed", "ema_decay", "val_images", "judge", "judge_size")
+        "pool_size", "seed", "ema_decay", "val_images", "judge", "judge_size", "choose")
 
     # --- data ---
     dataset: str | None = config_field(None, "registered unpaired data set (horse2zebra, read from "
@@ -104,6 +109,10 @@ class CycleGanConfig(RunConfig):
                                      "horse2zebra-domains` run or .pt): judges each epoch on "
                                      "the held-out --val-images; best.pt keeps the epoch whose "
                                      "worse direction has the lowest FID / floor")
+    choose: str = config_field("pair", "what best.pt keeps under --judge: pair (the epoch "
+                               "whose worse direction is closest to its floor) or each (each "
+                               "generator from the epoch that brought its own direction "
+                               "closest: G and F translate apart once trained)", choices=CHOICES)
     judge_size: int | None = config_field(None, "side the whole held-out and test images are "
                                           "translated at before the judge reads them (default: "
                                           "--crop-size; --load-size translates at the scale "
@@ -154,6 +163,9 @@ class CycleGanConfig(RunConfig):
         if (self.judge is None) != (self.val_images == 0):
             raise CnnkitError("--val-images and --judge go together: the judge scores each epoch "
                               "on the held-out images")
+        if self.choose == "each" and self.judge is None:
+            raise CnnkitError("--choose each picks each generator's epoch by its held-out "
+                              "score: it needs --val-images and --judge")
         if self.judge_size is not None and (self.judge_size < 4 or self.judge_size % 4):
             raise CnnkitError(f"--judge-size must be a positive multiple of 4 (the generator "
                               f"halves it twice), got {self.judge_size}")
@@ -330,6 +342,44 @@ def validation_row(g_ab: nn.Module, g_ba: nn.Module, held_out: dict, domains,
     return row
 
 
+def keep_each_best(kept: dict, row: dict, epoch: int, nets: dict, emas: dict) -> list[str]:
+    """Update `kept` ({generator: {"epoch", "value", "model", "ema"}}, the run's extra) with the
+    generators whose own direction's held-out FID / floor (OWN_SCORE) is the lowest so far at
+    this `epoch`; copies of their weights and averages, as translate and judging read them.
+    Returns the generators updated."""
+    improved = []
+    for part, key in OWN_SCORE.items():
+        value = row[key]
+        if math.isnan(value) or (part in kept and value >= kept[part]["value"]):
+            continue
+        averaged = emas[part].state_dict() if part in emas else None
+        if averaged is not None:  # state_dict() hands out the live tensors: keep copies
+            averaged = {**averaged, "model": _copied(averaged["model"])}
+        kept[part] = {"epoch": epoch, "value": value, "ema": averaged,
+                      "model": _copied(nets[part].state_dict())}
+        improved.append(part)
+    return improved
+
+
+def _copied(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def with_each_best(state: dict, kept: dict) -> dict:
+    """best.pt under --choose each: this epoch's envelope with each generator (and its average)
+    from its own best epoch, the choice recorded under best["each"]; discriminators, optimisers
+    and position stay this epoch's (best.pt is read for inference; resume reads last.pt)."""
+    state = {**state, "models": dict(state["models"]), "ema": dict(state["ema"]),
+             "extra": {k: v for k, v in state["extra"].items() if k != "each_best"}}
+    for part, best in kept.items():
+        state["models"][part] = best["model"]
+        if best["ema"] is not None:
+            state["ema"][part] = best["ema"]
+    state["best"] = {**state["best"], "each": {part: {"epoch": best["epoch"], "value": best[
+        "value"], "metric": OWN_SCORE[part]} for part, best in kept.items()}}
+    return state
+
+
 def build_networks(config: CycleGanConfig) -> tuple[dict, dict]:
     """({part: module}, {part: {"name", "kwargs"}}): G: A → B, F: B → A, D_A, D_B."""
     g_name = "cyclegan_resnet_9blocks" if config.n_blocks == 9 else "cyclegan_resnet_6blocks"
@@ -357,12 +407,14 @@ def _training_data(config: CycleGanConfig, run: Run):
     fixed test images of the grids)."""
     data, domains = load_domains(config, "train", load_size=config.load_size or None,
                                  limit=config.train_limit)
+    if config.load_size_b:  # B at its own scale, resized from the files (not from A's scale)
+        own_b, _ = load_domains(config, "train", load_size=config.load_size_b,
+                                limit=config.train_limit)
+        data = replace(data, b=own_b.b)
     held_out = None
     if config.val_images:
         data, held_out = hold_out(config, data)
         held_out["judge"] = load_judge(config.judge, domains)
-    if config.load_size_b:
-        data = replace(data, b=resize_images(data.b, config.load_size_b))
     loader = UnpairedLoader(data, config.batch_size, crop_size=config.crop_size,
                             hflip=config.hflip, min_side=config.min_load_size,
                             seed=config.seed, rank=run.env.rank, world_size=run.env.world_size)
@@ -446,8 +498,18 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
         if held_out is not None:
             row.update(on_main(env, validation_row, *shown, held_out, domains, config,
                                run.device))
-        run.end_epoch(row, batches=batches,
-                      monitor=("val_fid_ratio", "min") if held_out is not None else None)
+        each = config.choose == "each"
+        # Before end_epoch writes last.pt, so that a resumed run knows the choice so far; every
+        # rank decides alike (the held-out row is rank 0's, broadcast).
+        kept = run.extra.setdefault("each_best", {}) if each else {}
+        improved = each and keep_each_best(kept, row, run.epochs_done + 1, nets, emas)
+        run.end_epoch(row, batches=batches, monitor=(
+            ("val_fid_ratio", "min") if held_out is not None and not each else None))
+        if improved:
+            run.save_best(edit=lambda state: with_each_best(state, kept))
+            log(f"best.pt: {domains[0]} → {domains[1]} from epoch "
+                f"{kept['generator_ab']['epoch']}, {domains[1]} → {domains[0]} from epoch "
+                f"{kept['generator_ba']['epoch']}")
         if env.is_main:
             from cnnkit.viz.cyclegan import plot_cyclegan_losses  # noqa: PLC0415 (matplotlib)
             plot_cyclegan_losses(run.dir / "metrics.csv", run.dir / "losses.png")
