@@ -108,7 +108,8 @@ class CycleGanConfig(RunConfig):
     judge: str | None = config_field(None, "a domain judge (`cnnkit train --dataset "
                                      "horse2zebra-domains` run or .pt): judges each epoch on "
                                      "the held-out --val-images; best.pt keeps the epoch whose "
-                                     "worse direction has the lowest FID / floor")
+                                     "worse direction has the lowest FID / floor (see "
+                                     "--choose)")
     choose: str = config_field("pair", "what best.pt keeps under --judge: pair (the epoch "
                                "whose worse direction is closest to its floor) or each (each "
                                "generator from the epoch that brought its own direction "
@@ -507,9 +508,10 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
             ("val_fid_ratio", "min") if held_out is not None and not each else None))
         if improved:
             run.save_best(edit=lambda state: with_each_best(state, kept))
-            log(f"best.pt: {domains[0]} → {domains[1]} from epoch "
-                f"{kept['generator_ab']['epoch']}, {domains[1]} → {domains[0]} from epoch "
-                f"{kept['generator_ba']['epoch']}")
+            names = {"generator_ab": f"{domains[0]} → {domains[1]}",
+                     "generator_ba": f"{domains[1]} → {domains[0]}"}
+            log("best.pt: " + ", ".join(f"{names[part]} from epoch {best['epoch']}"
+                                        for part, best in kept.items()))
         if env.is_main:
             from cnnkit.viz.cyclegan import plot_cyclegan_losses  # noqa: PLC0415 (matplotlib)
             plot_cyclegan_losses(run.dir / "metrics.csv", run.dir / "losses.png")
