@@ -499,23 +499,32 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
         if held_out is not None:
             row.update(on_main(env, validation_row, *shown, held_out, domains, config,
                                run.device))
-        each = config.choose == "each"
-        # Before end_epoch writes last.pt, so that a resumed run knows the choice so far; every
-        # rank decides alike (the held-out row is rank 0's, broadcast).
-        kept = run.extra.setdefault("each_best", {}) if each else {}
-        improved = each and keep_each_best(kept, row, run.epochs_done + 1, nets, emas)
-        run.end_epoch(row, batches=batches, monitor=(
-            ("val_fid_ratio", "min") if held_out is not None and not each else None))
-        if improved:
-            run.save_best(edit=lambda state: with_each_best(state, kept))
-            names = {"generator_ab": f"{domains[0]} → {domains[1]}",
-                     "generator_ba": f"{domains[1]} → {domains[0]}"}
-            log("best.pt: " + ", ".join(f"{names[part]} from epoch {best['epoch']}"
-                                        for part, best in kept.items()))
+        _record_epoch(run, config, row, batches, nets, emas, domains, log)
         if env.is_main:
             from cnnkit.viz.cyclegan import plot_cyclegan_losses  # noqa: PLC0415 (matplotlib)
             plot_cyclegan_losses(run.dir / "metrics.csv", run.dir / "losses.png")
     run.finish()
+
+
+def _record_epoch(run: Run, config: CycleGanConfig, row: dict, batches, nets: dict,
+                  emas: dict, domains, log) -> None:
+    """end_epoch with the run's choice of best.pt: the pair's worse direction (--choose pair),
+    or each generator's own direction (--choose each)."""
+    if config.choose == "pair":
+        run.end_epoch(row, batches=batches, monitor=(
+            ("val_fid_ratio", "min") if config.judge is not None else None))
+        return
+    # Before end_epoch writes last.pt, so that a resumed run knows the choice so far; every
+    # rank decides alike (the held-out row is rank 0's, broadcast).
+    kept = run.extra.setdefault("each_best", {})
+    improved = keep_each_best(kept, row, run.epochs_done + 1, nets, emas)
+    run.end_epoch(row, batches=batches)
+    if improved:
+        run.save_best(edit=lambda state: with_each_best(state, kept))
+        names = {"generator_ab": f"{domains[0]} → {domains[1]}",
+                 "generator_ba": f"{domains[1]} → {domains[0]}"}
+        log("best.pt: " + ", ".join(f"{names[part]} from epoch {best['epoch']}"
+                                    for part, best in kept.items()))
 
 
 # --- figures and translation ---
