@@ -6,8 +6,10 @@ one-line errors."""
 import re
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from cnnkit.data.array_dataset import resize_images
@@ -18,7 +20,8 @@ from cnnkit.generation.judge import (NOT_INCEPTION, judge_generators, judge_tran
                                      load_judge, summarise_judges)
 from cnnkit.train.classify import train
 from cnnkit.train.config import TrainConfig
-from cnnkit.train.cyclegan import CycleGanConfig, train_cyclegan
+from cnnkit.train.cyclegan import (CycleGanConfig, _write_grid, load_domains, load_translator,
+                                   train_cyclegan)
 from cnnkit.utils import CnnkitError
 from tests.cli._run import assert_one_line_error, cnnkit
 from tests.data.test_unpaired import make_unpaired
@@ -268,7 +271,16 @@ def test_choose_each_keeps_each_generator_from_its_own_best_epoch(setup):
             assert all(torch.equal(saved[k], there[k]) for k in there), (part, group)
     assert "each_best" not in best["extra"] and set(snapshots[-1]["extra"]["each_best"]) == {
         "generator_ab", "generator_ba"}
-    assert any(line.startswith("best.pt: horse → zebra from epoch ") for line in lines)
+    # The run folder's translations_best.png is the grid of best.pt's generators, as
+    # translate reads them, titled with the latest choice.
+    chosen = [line for line in lines if line.startswith("best.pt: horse → zebra from epoch ")]
+    test, domains = load_domains(CycleGanConfig(**common), "test", load_size=None, limit=1)
+    fixed = {d: to_unit_range(resize_images(x, SIDE)) for d, x in (("a", test.a), ("b", test.b))}
+    again = setup["tmp"] / "best_again.png"
+    _write_grid(again, chosen[-1], load_translator(run_dir / "best.pt", "AtoB")[0],
+                load_translator(run_dir / "best.pt", "BtoA")[0], fixed, domains)
+    with Image.open(run_dir / "translations_best.png") as grid, Image.open(again) as expected:
+        assert np.array_equal(np.asarray(grid), np.asarray(expected))
     with pytest.raises(CnnkitError, match="--choose each .* needs --val-images and --judge"):
         CycleGanConfig(**{**common, "val_images": 0, "judge": None}).validate()
 

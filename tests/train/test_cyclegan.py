@@ -23,8 +23,8 @@ from cnnkit.models import create_model
 from cnnkit.models.cyclegan import PatchDiscriminator, ResnetGenerator
 from cnnkit.train.cyclegan import (CycleGanConfig, ImagePool, _training_data,
                                    discriminator_loss, generator_losses, keep_each_best,
-                                   lr_factor, lsgan_loss, train_cyclegan, translate_files,
-                                   with_each_best)
+                                   kept_generators, lr_factor, lsgan_loss, train_cyclegan,
+                                   translate_files, with_each_best)
 from cnnkit.utils import CnnkitError
 from tests.data.test_unpaired import make_unpaired
 
@@ -387,6 +387,14 @@ def test_each_generator_keeps_the_epoch_best_for_its_own_direction():
         assert torch.equal(kept[part]["ema"]["model"]["weight"], averaged)
     assert not torch.equal(kept["generator_ab"]["model"]["weight"],
                            nets["generator_ab"].weight)  # a copy, not the live tensor
+    # The grid of best.pt (translations_best.png) draws copies holding the kept averages;
+    # a generator not kept yet is drawn as it is.
+    shown = [emas["generator_ab"].model, emas["generator_ba"].model]
+    drawn = kept_generators(kept, shown)
+    for net, part, epoch in zip(drawn, ("generator_ab", "generator_ba"), (2, 4)):
+        assert torch.equal(net.weight, seen[epoch - 1][part][1])
+    assert drawn[0] is not shown[0] and not torch.equal(shown[0].weight, drawn[0].weight)
+    assert kept_generators({"generator_ab": kept["generator_ab"]}, shown)[1] is shown[1]
     state = {"models": {p: n.state_dict() for p, n in nets.items()} | {"discriminator_a": {}},
              "ema": {p: e.state_dict() for p, e in emas.items()},
              "extra": {"each_best": kept}, "best": {"value": None}}

@@ -17,6 +17,7 @@ pools; the gradients are averaged over the ranks before each step, so all ranks 
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -492,42 +493,72 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
         # Every rank holds the same weights; rank 0 draws and judges.
         shown = [emas[p].model if emas else nets[p] for p in ("generator_ab", "generator_ba")]
         if env.is_main:
-            _write_grid(run.dir, epoch, *shown, fixed, domains)
+            _write_grid(run.dir / f"translations_epoch{epoch + 1:03d}.png", f"epoch {epoch + 1}",
+                        *shown, fixed, domains)
         sums = run.reduce(run.sums)
         # (in the step's order: reduce() sorts the keys under torchrun)
         row = {"lr": lr, **{k: sums[k] / sums["seen"] for k in run.sums if k != "seen"}}
         if held_out is not None:
             row.update(on_main(env, validation_row, *shown, held_out, domains, config,
                                run.device))
-        _record_epoch(run, config, row, batches, nets, emas, domains, log)
+        chosen = _record_epoch(run, config, row, batches, nets, emas, domains, log)
         if env.is_main:
-            from cnnkit.viz.cyclegan import plot_cyclegan_losses  # noqa: PLC0415 (matplotlib)
-            plot_cyclegan_losses(run.dir / "metrics.csv", run.dir / "losses.png")
+            _draw_after_epoch(run, chosen, shown, fixed, domains)
     run.finish()
 
 
 def _record_epoch(run: Run, config: CycleGanConfig, row: dict, batches, nets: dict,
-                  emas: dict, domains, log) -> None:
+                  emas: dict, domains, log) -> str | None:
     """end_epoch with the run's choice of best.pt: the pair's worse direction (--choose pair),
-    or each generator's own direction (--choose each)."""
+    or each generator's own direction (--choose each; then, when best.pt changed, returns its
+    choice in words)."""
     if config.choose == "pair":
         run.end_epoch(row, batches=batches, monitor=(
             ("val_fid_ratio", "min") if config.judge is not None else None))
-        return
+        return None
     # Before end_epoch writes last.pt, so that a resumed run knows the choice so far; every
     # rank decides alike (the held-out row is rank 0's, broadcast).
     kept = run.extra.setdefault("each_best", {})
     improved = keep_each_best(kept, row, run.epochs_done + 1, nets, emas)
     run.end_epoch(row, batches=batches)
-    if improved:
-        run.save_best(edit=lambda state: with_each_best(state, kept))
-        names = {"generator_ab": f"{domains[0]} → {domains[1]}",
-                 "generator_ba": f"{domains[1]} → {domains[0]}"}
-        log("best.pt: " + ", ".join(f"{names[part]} from epoch {best['epoch']}"
-                                    for part, best in kept.items()))
+    if not improved:
+        return None
+    run.save_best(edit=lambda state: with_each_best(state, kept))
+    names = {"generator_ab": f"{domains[0]} → {domains[1]}",
+             "generator_ba": f"{domains[1]} → {domains[0]}"}
+    chosen = ", ".join(f"{names[part]} from epoch {best['epoch']}" for part, best in kept.items())
+    log(f"best.pt: {chosen}")
+    return chosen
+
+
+def kept_generators(kept: dict, shown: list[nn.Module]) -> list[nn.Module]:
+    """Copies of the shown generators (G, F; averaged where the run averages) holding the
+    weights --choose each kept for best.pt (a generator never kept, its direction NaN so far,
+    stays as shown: best.pt holds this epoch's)."""
+    copies = []
+    for part, net in zip(("generator_ab", "generator_ba"), shown):
+        best = kept.get(part)
+        if best is None:
+            copies.append(net)
+            continue
+        net = copy.deepcopy(net)
+        net.load_state_dict(best["model"] if best["ema"] is None else best["ema"]["model"])
+        copies.append(net)
+    return copies
 
 
 # --- figures and translation ---
+
+def _draw_after_epoch(run: Run, chosen: str | None, shown: list[nn.Module], fixed: dict,
+                      domains) -> None:
+    """The loss curves so far and, when --choose each changed best.pt (`chosen`: the choice in
+    words), translations_best.png: its pair, which no epoch's grid shows."""
+    from cnnkit.viz.cyclegan import plot_cyclegan_losses  # noqa: PLC0415 (matplotlib)
+    if chosen:
+        _write_grid(run.dir / "translations_best.png", f"best.pt: {chosen}",
+                    *kept_generators(run.extra["each_best"], shown), fixed, domains)
+    plot_cyclegan_losses(run.dir / "metrics.csv", run.dir / "losses.png")
+
 
 @torch.no_grad()
 def cycle_images(g: nn.Module, f: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -536,14 +567,13 @@ def cycle_images(g: nn.Module, f: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.stack([x, translated, f(translated)], dim=1).float().cpu()
 
 
-def _write_grid(run_dir: Path, epoch: int, g_ab, g_ba, fixed: dict, domains) -> None:
+def _write_grid(path: Path, title: str, g_ab, g_ba, fixed: dict, domains) -> None:
     from cnnkit.viz.cyclegan import plot_translations  # noqa: PLC0415  (matplotlib)
     for net in (g_ab, g_ba):
         net.eval()
     rows = {"AtoB": cycle_images(g_ab, g_ba, fixed["a"]),
             "BtoA": cycle_images(g_ba, g_ab, fixed["b"])}
-    plot_translations(rows, run_dir / f"translations_epoch{epoch + 1:03d}.png", domains=domains,
-                      title=f"epoch {epoch + 1}")
+    plot_translations(rows, path, domains=domains, title=title)
 
 
 def load_translator(checkpoint: str | Path, direction: str = "AtoB", *, device: str = "cpu"):
