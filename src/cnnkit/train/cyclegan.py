@@ -538,11 +538,9 @@ def kept_generators(kept: dict, shown: list[nn.Module]) -> list[nn.Module]:
     copies = []
     for part, net in zip(("generator_ab", "generator_ba"), shown):
         best = kept.get(part)
-        if best is None:
-            copies.append(net)
-            continue
-        net = copy.deepcopy(net)
-        net.load_state_dict(best["model"] if best["ema"] is None else best["ema"]["model"])
+        if best is not None:
+            net = copy.deepcopy(net)
+            net.load_state_dict(best["model"] if best["ema"] is None else best["ema"]["model"])
         copies.append(net)
     return copies
 
