@@ -38,17 +38,20 @@ def _judge(out_dir, name, **overrides):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, one_thread):
-    """DATA_DIR/horse2zebra-128 (16 + 16 training, 6 + 6 test photos), a resnet18 judge trained
-    on them (2 epochs) and a 1-block CycleGAN trained 1 epoch on 4 images per domain."""
+    """DATA_DIR/horse2zebra-128 (16 + 16 training, 6 + 6 test photos), two resnet18 judges
+    trained on them (2 epochs, seeds 0 and 1) and a 1-block CycleGAN trained 1 epoch on 4 images
+    per domain."""
     tmp = tmp_path_factory.mktemp("judge")
     data_dir = tmp / "data"
     root = make_unpaired(data_dir / "horse2zebra-128", n_train=16, n_test=6)
     judge_dir = _judge(tmp, "judge", data_dir=str(data_dir))
+    second_judge = _judge(tmp, "judge_seed1", data_dir=str(data_dir), seed=1)
     gan = train_cyclegan(CycleGanConfig(
         dataset="horse2zebra", data_dir=str(data_dir), train_limit=4, load_size=SIDE + 4,
         crop_size=SIDE, ngf=4, ndf=4, n_blocks=1, n_layers_d=2, pool_size=2, epochs=1,
         grid_images=2, out_dir=str(tmp), name="gan", **QUIET), log=lambda *_: None)
     return dict(tmp=tmp, data_dir=data_dir, root=root, judge=judge_dir, gan=gan.run_dir,
+                second_judge=second_judge,
                 test=load_unpaired(root, "test"), train=load_unpaired(root, "train"))
 
 
@@ -164,7 +167,7 @@ def test_cli_eval_prints_the_judgement(setup):
 
 
 def test_cli_eval_with_several_judges_prints_their_mean_and_spread(setup):
-    second = _judge(setup["tmp"], "judge_seed1", data_dir=str(setup["data_dir"]), seed=1)
+    second = setup["second_judge"]
     proc = cnnkit("cyclegan", "eval", setup["gan"], "--judge", setup["judge"], second,
                   "--n", "5")
     assert proc.returncode == 0, proc.stderr
@@ -213,7 +216,8 @@ def test_held_out_training_images_judge_each_epoch_and_pick_best_pt(setup):
     gan = train_cyclegan(CycleGanConfig(
         dataset="horse2zebra", data_dir=str(setup["data_dir"]), train_limit=8, load_size=SIDE + 4,
         min_load_size=SIDE, crop_size=SIDE, ngf=4, ndf=4, n_blocks=1, n_layers_d=2, pool_size=2,
-        epochs=3, grid_images=1, val_images=3, judge=str(setup["judge"]), judge_size=SIDE + 4,
+        epochs=3, grid_images=1, val_images=3, judge=[str(setup["judge"]), str(setup["second_judge"])],
+        judge_size=SIDE + 4,
         ema_decay=0.5, out_dir=str(setup["tmp"]), name="gan_val", **QUIET), log=lambda *_: None)
     history = gan.history
     ratios = [row["val_fid_ratio"] for row in history]
@@ -234,11 +238,15 @@ def test_held_out_training_images_judge_each_epoch_and_pick_best_pt(setup):
     held = load_unpaired(setup["root"], "train", limit=8)
     val = replace(held, a=held.a[5:], b=held.b[5:])
     floor = replace(held, a=held.a[:5], b=held.b[:5])
-    verdict = judge_generators(g_ab, g_ba, load_judge(setup["judge"]), val, floor,
-                               ("horse", "zebra"), image_size=SIDE + 4)
+    verdicts = [judge_generators(g_ab, g_ba, load_judge(setup[judge]), val, floor,
+                                 ("horse", "zebra"), image_size=SIDE + 4)
+                for judge in ("judge", "second_judge")]
     row = history[best["best"]["epoch"] - 1]
-    assert row["val_fid_ratio_ab"] == pytest.approx(verdict.directions["AtoB"].fid_ratio)
-    assert row["val_success_ba"] == pytest.approx(verdict.directions["BtoA"].success)
+    ratios = [v.directions["AtoB"].fid_ratio for v in verdicts]
+    assert ratios[0] != pytest.approx(ratios[1])  # two rulers: the mean is not either one
+    assert row["val_fid_ratio_ab"] == pytest.approx(sum(ratios) / 2)
+    assert row["val_success_ba"] == pytest.approx(
+        sum(v.directions["BtoA"].success for v in verdicts) / 2)
     # `cyclegan eval` translates the test images at the run's --judge-size too
     assert judge_translation(gan.run_dir, setup["judge"], n=3, device="cpu").image_size == SIDE + 4
 

@@ -101,6 +101,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
+        elif typing.get_origin(base) is list:  # `list[str]`: --flag A B C
+            parser.add_argument(flag, nargs="+", type=typing.get_args(base)[0], default=None,
+                                help=help_text, metavar=f.name.upper())
         else:
             parser.add_argument(flag, type=_converter(base, optional), default=None,
                                 choices=f.metadata.get("choices"), help=help_text,
@@ -169,6 +172,11 @@ def _read_yaml(path: Path) -> dict:
 def _check_type(key: str, value, tp, path: Path) -> None:
     base, optional = _inner_type(tp)
     if value is None and optional:
+        return
+    if typing.get_origin(base) is list:  # a YAML list of the item type
+        item = typing.get_args(base)[0]
+        if not (isinstance(value, list) and value and all(isinstance(v, item) for v in value)):
+            raise CnnkitError(f"{path}: '{key}' must be a list of {item.__name__}, got {value!r}")
         return
     ok = isinstance(value, base) and not (base is int and isinstance(value, bool))
     if base is float and isinstance(value, int) and not isinstance(value, bool):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -106,11 +107,12 @@ class CycleGanConfig(RunConfig):
     # --- choosing the epoch (never on the test images) ---
     val_images: int = config_field(0, "hold the last N training images of each domain out of "
                                    "training, for --judge to score every epoch on")
-    judge: str | None = config_field(None, "a domain judge (`cnnkit train --dataset "
-                                     "horse2zebra-domains` run or .pt): judges each epoch on "
-                                     "the held-out --val-images; best.pt keeps the epoch whose "
-                                     "worse direction has the lowest FID / floor (see "
-                                     "--choose)")
+    judge: list[str] | None = config_field(None, "domain judges (`cnnkit train --dataset "
+                                           "horse2zebra-domains` runs or .pt files): they judge "
+                                           "each epoch on the held-out --val-images; best.pt "
+                                           "keeps the epoch whose worse direction has the "
+                                           "lowest FID / floor, averaged over the judges as "
+                                           "`cyclegan eval` does (see --choose)")
     choose: str = config_field("pair", "what best.pt keeps under --judge: pair (the epoch "
                                "whose worse direction is closest to its floor) or each (each "
                                "generator from the epoch that brought its own direction "
@@ -185,8 +187,10 @@ class CycleGanConfig(RunConfig):
         self.validate()
         if self.decay_epochs is None:
             self.decay_epochs = self.epochs // 2
-        if self.judge is not None:  # absolute, so that a resume from elsewhere finds it
-            self.judge = str(Path(self.judge).expanduser().resolve())
+        if isinstance(self.judge, str):  # one judge, as runs before several were saved
+            self.judge = [self.judge]
+        if self.judge is not None:  # absolute, so that a resume from elsewhere finds them
+            self.judge = [str(Path(path).expanduser().resolve()) for path in self.judge]
         return self
 
 
@@ -330,16 +334,19 @@ def hold_out(config: CycleGanConfig, data: UnpairedDataset
 
 def validation_row(g_ab: nn.Module, g_ba: nn.Module, held_out: dict, domains,
                    config: CycleGanConfig, device) -> dict[str, float]:
-    """held_out["judge"]'s verdict on the held-out training images (generation/judge.
-    judge_generators) as metrics.csv columns; val_fid_ratio, the worse direction's FID / floor,
-    picks best.pt."""
-    verdict = judge_generators(g_ab, g_ba, held_out["judge"], held_out["val"], held_out["floor"],
-                               domains, image_size=config.judged_side, device=device,
-                               seed=config.seed)
+    """The held-out judges' verdict on the held-out training images (generation/judge.
+    judge_generators) as metrics.csv columns, each the mean over the judges (as `cyclegan eval`
+    summarises several); val_fid_ratio, the worse direction's FID / floor, picks best.pt.
+    Several judges: one judge's features are a noisy ruler (the same generators' FID / floor
+    differs several-fold between judges of one recipe), and the test verdict is their mean."""
+    verdicts = [judge_generators(g_ab, g_ba, judge, held_out["val"], held_out["floor"], domains,
+                                 image_size=config.judged_side, device=device, seed=config.seed)
+                for judge in held_out["judges"]]
     row = {}
     for name, key in (("AtoB", "ab"), ("BtoA", "ba")):
-        row[f"val_success_{key}"] = verdict.directions[name].success
-        row[f"val_fid_ratio_{key}"] = verdict.directions[name].fid_ratio
+        row[f"val_success_{key}"] = float(np.mean([v.directions[name].success for v in verdicts]))
+        row[f"val_fid_ratio_{key}"] = float(np.mean([v.directions[name].fid_ratio
+                                                     for v in verdicts]))
     row["val_fid_ratio"] = max(row["val_fid_ratio_ab"], row["val_fid_ratio_ba"])
     return row
 
@@ -405,7 +412,7 @@ def train_cyclegan(config: CycleGanConfig, *, log=print) -> CycleGanResult:
 
 
 def _training_data(config: CycleGanConfig, run: Run):
-    """(this rank's loader, the domain names, the held-out images with their judge or None, the
+    """(this rank's loader, the domain names, the held-out images with their judges or None, the
     fixed test images of the grids)."""
     data, domains = load_domains(config, "train", load_size=config.load_size or None,
                                  limit=config.train_limit)
@@ -416,7 +423,7 @@ def _training_data(config: CycleGanConfig, run: Run):
     held_out = None
     if config.val_images:
         data, held_out = hold_out(config, data)
-        held_out["judge"] = load_judge(config.judge, domains)
+        held_out["judges"] = [load_judge(path, domains) for path in config.judge]
     loader = UnpairedLoader(data, config.batch_size, crop_size=config.crop_size,
                             hflip=config.hflip, min_side=config.min_load_size,
                             seed=config.seed, rank=run.env.rank, world_size=run.env.world_size)
