@@ -1,0 +1,71 @@
+"""Does the held-out choice of a CycleGAN epoch carry over to the test photos? (issue 15)
+
+For each checkpoint given — one per epoch of a run, e.g. hard links to `last.pt` taken after each
+epoch (`ln RUN/last.pt snap/epochN.pt`: last.pt is replaced by a rename, so a link keeps the old
+one) — and each judge: the held-out FID / floor of both directions (as `--val-images 120` scores
+them in training, the floor drawn with --seed) and the test verdict `cyclegan eval` gives. The
+last lines name the epoch each rule picks — one judge's held-out score, or the judges' mean —
+and that epoch's test FID / floor (mean over the judges).
+
+usage: python benchmarks/cyclegan_epoch_scan.py SNAPSHOT [SNAPSHOT ...] --judge RUN [RUN ...]
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _timing import cpu_name
+from cnnkit.generation.judge import judge_generators, load_generators, load_judge
+from cnnkit.train.cyclegan import CycleGanConfig, load_domains
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+DIRECTIONS = (("AtoB", "horse → zebra"), ("BtoA", "zebra → horse"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("snapshots", nargs="+", help="one checkpoint per epoch of one run")
+    parser.add_argument("--judge", nargs="+", required=True, help="judge runs or .pt files")
+    parser.add_argument("--data-dir", type=Path, default=DATASETS)
+    parser.add_argument("--val-images", type=int, default=120, help="as the run held out")
+    parser.add_argument("--seed", type=int, default=0, help="draws the floor samples")
+    args = parser.parse_args()
+    config = CycleGanConfig(dataset="horse2zebra", data_dir=str(args.data_dir), quiet=True)
+    train, domains = load_domains(config, "train", load_size=None)
+    test, _ = load_domains(config, "test", load_size=None)
+
+    def rows(part: slice):
+        return replace(train, a=train.a[part], b=train.b[part], files_a=train.files_a[part],
+                       files_b=train.files_b[part])
+    val, rest = rows(slice(-args.val_images, None)), rows(slice(-args.val_images))
+    judges = [load_judge(path, domains) for path in args.judge]
+    print(f"{cpu_name()}; FID / floor per judge, held-out | test")
+    scores = []  # per snapshot: {(direction, "val"|"test"): [per judge]}
+    for path in args.snapshots:
+        epoch = torch.load(path, weights_only=True, mmap=True)["position"]["epochs_done"]
+        generators, side = load_generators(path, command="cyclegan_epoch_scan")
+        g, f = (generators[p].model.eval() for p in ("generator_ab", "generator_ba"))
+        score = {"epoch": epoch}
+        for split, images, floor in (("val", val, rest), ("test", test, train)):
+            verdicts = [judge_generators(g, f, judge, images, floor, domains, image_size=side,
+                                         seed=args.seed) for judge in judges]
+            for direction, _ in DIRECTIONS:
+                score[direction, split] = [v.directions[direction].fid_ratio for v in verdicts]
+        scores.append(score)
+        print(f"epoch {epoch:>2}  " + "  ".join(
+            f"{name}: {' '.join(f'{x:.2f}' for x in score[d, 'val'])} | "
+            f"{' '.join(f'{x:.2f}' for x in score[d, 'test'])}" for d, name in DIRECTIONS))
+    for direction, name in DIRECTIONS:
+        for rule, key in (("judge 1's held-out score", lambda s: s[direction, "val"][0]),
+                          ("the judges' mean held-out score", lambda s: np.mean(s[direction, "val"]))):
+            chosen = min(scores, key=key)
+            print(f"{name}, by {rule}: epoch {chosen['epoch']}, test FID / floor "
+                  f"{np.mean(chosen[direction, 'test']):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""How often real photos fail "FID within 3× of the floor" (issue 15).
+
+Random samples of n real *training* photos of each domain (n = the other domain's test photos,
+as many as `cyclegan eval` translates into it) take the place of translations: each sample's FID
+to the real test photos of its domain over the floor (the median over disjoint random samples of
+n training photos, generation/judge.real_floor, as `cyclegan eval` computes it), per judge and as
+the mean over the judges (as `cyclegan eval` summarises several). A perfect generator — one that
+outputs real photos — fails the target as often as these samples do.
+
+usage: python benchmarks/judge_real_samples.py --judge RUN [RUN ...] [--samples 100]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _timing import cpu_name
+from cnnkit.data.array_dataset import resize_images
+from cnnkit.generation.fid import frechet_distance, statistics
+from cnnkit.generation.judge import judge_images, load_judge, real_floor
+from cnnkit.train.cyclegan import CycleGanConfig, load_domains
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+TARGET = 3.0  # the issue's "FID within 3× of the floor"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--judge", nargs="+", required=True, help="judge runs or .pt files")
+    parser.add_argument("--data-dir", type=Path, default=DATASETS)
+    parser.add_argument("--samples", type=int, default=100, help="random samples per domain")
+    parser.add_argument("--seed", type=int, default=0, help="draws the floor samples")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    config = CycleGanConfig(dataset="horse2zebra", data_dir=str(args.data_dir), quiet=True)
+    train, domains = load_domains(config, "train", load_size=None)
+    test, _ = load_domains(config, "test", load_size=None)
+    judges = [load_judge(path, domains) for path in args.judge]
+    print(f"{cpu_name()}; {len(judges)} judges; {args.samples} random samples per domain")
+    # Domain A's photos are compared with B's translations into A, so n = B's test count.
+    for target, other in (("b", "a"), ("a", "b")):
+        real_train, real_test = getattr(train, target), getattr(test, target)
+        n = len(getattr(test, other))
+        picks = [np.random.default_rng(i).choice(len(real_train), n, replace=False)
+                 for i in range(args.samples)]
+        ratios = []  # (judges, samples)
+        for judge in judges:
+            side = judge.image_shape[-1]
+            reference = statistics(judge_images(judge, resize_images(real_test, side))[0])
+            feats, floors = real_floor(judge, real_train, reference, n, seed=args.seed)
+            floor = float(np.median(floors))
+            ratios.append([frechet_distance(*statistics(feats[p]), *reference) / floor
+                           for p in picks])
+        ratios = np.array(ratios)
+        mean = ratios.mean(0)
+        per_judge = ", ".join(f"{np.mean(r > TARGET):.0%}" for r in ratios)
+        p10, p50, p90 = np.percentile(mean, [10, 50, 90])
+        print(f"{domains['ab'.index(target)]} (n = {n}): samples over {TARGET:g}× the floor per "
+              f"judge {per_judge}; by the judges' mean {np.mean(mean > TARGET):.0%} "
+              f"(FID / floor 10th / 50th / 90th percentile {p10:.2f} / {p50:.2f} / {p90:.2f})")
+    print(f"\n{time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
