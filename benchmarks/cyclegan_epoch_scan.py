@@ -60,8 +60,9 @@ def main() -> None:
             f"{name}: {' '.join(f'{x:.2f}' for x in score[d, 'val'])} | "
             f"{' '.join(f'{x:.2f}' for x in score[d, 'test'])}" for d, name in DIRECTIONS))
     for direction, name in DIRECTIONS:
-        for rule, key in (("judge 1's held-out score", lambda s: s[direction, "val"][0]),
-                          ("the judges' mean held-out score", lambda s: np.mean(s[direction, "val"]))):
+        rules = (("judge 1's held-out score", lambda s: s[direction, "val"][0]),
+                 ("the judges' mean held-out score", lambda s: np.mean(s[direction, "val"])))
+        for rule, key in rules:
             chosen = min(scores, key=key)
             print(f"{name}, by {rule}: epoch {chosen['epoch']}, test FID / floor "
                   f"{np.mean(chosen[direction, 'test']):.2f}")

@@ -208,17 +208,17 @@ def test_cli_errors_for_judges_that_do_not_fit(setup):
 
 
 def test_held_out_training_images_judge_each_epoch_and_pick_best_pt(setup):
-    """--val-images 3 --judge J: the last 3 of the 8 training images per domain never train; each
-    epoch's averaged generators are judged on them (translated whole at --judge-size, here the
-    load size the crops come from; the crops from images rescaled at random), and best.pt is the
-    epoch whose worse direction has the lowest FID / floor — the same verdict a direct call
-    gives."""
+    """--val-images 3 --judge J0 J1: the last 3 of the 8 training images per domain never
+    train; each epoch's averaged generators are judged on them (translated whole at --judge-size,
+    here the load size the crops come from; the crops from images rescaled at random), and
+    best.pt is the epoch whose worse direction has the lowest FID / floor — by two judges, the
+    mean of the verdicts that direct calls give."""
     gan = train_cyclegan(CycleGanConfig(
         dataset="horse2zebra", data_dir=str(setup["data_dir"]), train_limit=8, load_size=SIDE + 4,
         min_load_size=SIDE, crop_size=SIDE, ngf=4, ndf=4, n_blocks=1, n_layers_d=2, pool_size=2,
-        epochs=3, grid_images=1, val_images=3, judge=[str(setup["judge"]), str(setup["second_judge"])],
-        judge_size=SIDE + 4,
-        ema_decay=0.5, out_dir=str(setup["tmp"]), name="gan_val", **QUIET), log=lambda *_: None)
+        epochs=3, grid_images=1, val_images=3, judge_size=SIDE + 4, ema_decay=0.5,
+        judge=[str(setup["judge"]), str(setup["second_judge"])], out_dir=str(setup["tmp"]),
+        name="gan_val", **QUIET), log=lambda *_: None)
     history = gan.history
     ratios = [row["val_fid_ratio"] for row in history]
     assert all(r == max(row["val_fid_ratio_ab"], row["val_fid_ratio_ba"])
@@ -242,9 +242,9 @@ def test_held_out_training_images_judge_each_epoch_and_pick_best_pt(setup):
                                  ("horse", "zebra"), image_size=SIDE + 4)
                 for judge in ("judge", "second_judge")]
     row = history[best["best"]["epoch"] - 1]
-    ratios = [v.directions["AtoB"].fid_ratio for v in verdicts]
-    assert ratios[0] != pytest.approx(ratios[1])  # two rulers: the mean is not either one
-    assert row["val_fid_ratio_ab"] == pytest.approx(sum(ratios) / 2)
+    by_judge = [v.directions["AtoB"].fid_ratio for v in verdicts]
+    assert by_judge[0] != pytest.approx(by_judge[1])  # two rulers: the mean is neither one
+    assert row["val_fid_ratio_ab"] == pytest.approx(sum(by_judge) / 2)
     assert row["val_success_ba"] == pytest.approx(
         sum(v.directions["BtoA"].success for v in verdicts) / 2)
     # `cyclegan eval` translates the test images at the run's --judge-size too
