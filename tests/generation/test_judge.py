@@ -5,10 +5,12 @@ the floor), a tiny trained CycleGAN judged by `cnnkit cyclegan eval` in a real p
 one-line errors."""
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 
@@ -249,6 +251,29 @@ def test_held_out_training_images_judge_each_epoch_and_pick_best_pt(setup):
         sum(v.directions["BtoA"].success for v in verdicts) / 2)
     # `cyclegan eval` translates the test images at the run's --judge-size too
     assert judge_translation(gan.run_dir, setup["judge"], n=3, device="cpu").image_size == SIDE + 4
+
+
+def test_cli_train_takes_several_judges_and_names_a_missing_one(setup):
+    """`cnnkit cyclegan train --judge J0 J1` (a real subprocess): both saved, absolute, in the
+    run's config, the held-out columns in metrics.csv; a judge path that does not exist is one
+    line and exit 2."""
+    common = ["cyclegan", "train", "--dataset", "horse2zebra", "--data-dir", setup["data_dir"],
+              "--train-limit", "8", "--load-size", SIDE + 4, "--crop-size", SIDE, "--ngf", "4",
+              "--ndf", "4", "--n-blocks", "1", "--n-layers-d", "2", "--pool-size", "2",
+              "--epochs", "1", "--grid-images", "1", "--val-images", "3", "--threads", "1",
+              "--precision", "fp32", "--quiet", "--no-tensorboard", "--out-dir", setup["tmp"]]
+    proc = cnnkit(*common, "--name", "gan_cli_judges", "--judge", setup["judge"],
+                  setup["second_judge"])
+    assert proc.returncode == 0, proc.stderr
+    run_dir = setup["tmp"] / "gan_cli_judges"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["judge"] == [str(Path(setup["judge"]).resolve()),
+                              str(Path(setup["second_judge"]).resolve())]
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val_fid_ratio_ab", "val_success_ba", "val_fid_ratio"} <= set(header)
+    missing = setup["tmp"] / "no_such_judge"
+    proc = cnnkit(*common, "--name", "gan_cli_missing", "--judge", setup["judge"], missing)
+    assert_one_line_error(proc, "no_such_judge")
 
 
 def test_choose_each_keeps_each_generator_from_its_own_best_epoch(setup):
