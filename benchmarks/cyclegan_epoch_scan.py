@@ -12,7 +12,6 @@ usage: python benchmarks/cyclegan_epoch_scan.py SNAPSHOT [SNAPSHOT ...] --judge 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 
 from _timing import cpu_name
 from cnnkit.generation.judge import judge_generators, load_generators, load_judge
-from cnnkit.train.cyclegan import CycleGanConfig, load_domains
+from cnnkit.train.cyclegan import CycleGanConfig, hold_out, load_domains
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DIRECTIONS = (("AtoB", "horse → zebra"), ("BtoA", "zebra → horse"))
@@ -34,14 +33,12 @@ def main() -> None:
     parser.add_argument("--val-images", type=int, default=120, help="as the run held out")
     parser.add_argument("--seed", type=int, default=0, help="draws the floor samples")
     args = parser.parse_args()
-    config = CycleGanConfig(dataset="horse2zebra", data_dir=str(args.data_dir), quiet=True)
+    config = CycleGanConfig(dataset="horse2zebra", data_dir=str(args.data_dir), quiet=True,
+                            val_images=args.val_images)
     train, domains = load_domains(config, "train", load_size=None)
     test, _ = load_domains(config, "test", load_size=None)
-
-    def rows(part: slice):
-        return replace(train, a=train.a[part], b=train.b[part], files_a=train.files_a[part],
-                       files_b=train.files_b[part])
-    val, rest = rows(slice(-args.val_images, None)), rows(slice(-args.val_images))
+    _, held_out = hold_out(config, train)  # the split training makes
+    val, rest = held_out["val"], held_out["floor"]
     judges = [load_judge(path, domains) for path in args.judge]
     print(f"{cpu_name()}; FID / floor per judge, held-out | test")
     scores = []  # per snapshot: {(direction, "val"|"test"): [per judge]}
