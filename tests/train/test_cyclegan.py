@@ -89,17 +89,22 @@ def test_identity_and_cycle_losses_vanish_for_identity_generators():
     assert losses["idt_a"].item() == 0.0  # switched off
 
 
-def test_batched_generator_losses_equal_the_authors_separate_calls():
+@pytest.mark.parametrize("lambda_b", [None, 2.0])
+def test_batched_generator_losses_equal_the_authors_separate_calls(lambda_b):
+    """cycle_gan_model.py's backward_G: λ_A weighs cycle A and idt_B, λ_B cycle B and idt_A
+    (--lambda_A 10 --lambda_identity 0.5, and --lambda_B 10 or 2)."""
     torch.manual_seed(0)
     g, f = ResnetGenerator(ngf=4, n_blocks=1), ResnetGenerator(ngf=4, n_blocks=1)
     d_a, d_b = PatchDiscriminator(ndf=4, n_layers=2), PatchDiscriminator(ndf=4, n_layers=2)
     a, b = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
-    losses, _, _ = generator_losses(g, f, d_a, d_b, a, b)
-    fake_b, fake_a = g(a), f(b)  # cycle_gan_model.py's forward and backward_G, one call each
+    losses, _, _ = generator_losses(g, f, d_a, d_b, a, b, lambda_cycle_b=lambda_b)
+    fake_b, fake_a = g(a), f(b)  # the authors' forward and backward_G, one call each
+    weight_b = 10 if lambda_b is None else lambda_b
     expected = {"adv_ab": F.mse_loss(d_b(fake_b), torch.ones_like(d_b(fake_b))),
                 "adv_ba": F.mse_loss(d_a(fake_a), torch.ones_like(d_a(fake_a))),
-                "cycle_a": 10 * F.l1_loss(f(fake_b), a), "cycle_b": 10 * F.l1_loss(g(fake_a), b),
-                "idt_a": 5 * F.l1_loss(g(b), b), "idt_b": 5 * F.l1_loss(f(a), a)}
+                "cycle_a": 10 * F.l1_loss(f(fake_b), a),
+                "cycle_b": weight_b * F.l1_loss(g(fake_a), b),
+                "idt_a": 0.5 * weight_b * F.l1_loss(g(b), b), "idt_b": 5 * F.l1_loss(f(a), a)}
     for key, value in expected.items():
         assert losses[key].item() == pytest.approx(value.item(), rel=1e-5), key
 

@@ -91,6 +91,11 @@ class CycleGanConfig(RunConfig):
     n_layers_d: int = config_field(3, "strided layers of the PatchGAN (3: 70×70 patches)")
     # --- losses and optimisation ---
     lambda_cycle: float = config_field(10.0, "weight λ of the cycle-consistency loss")
+    lambda_cycle_b: float | None = config_field(None, "λ for domain B's cycle ‖G(F(b)) − b‖₁ "
+                                                "and G's identity loss on B instead (the "
+                                                "authors' --lambda_B; default: --lambda-cycle): "
+                                                "lower, F need not keep what G needs to "
+                                                "redraw B")
     lambda_identity: float = config_field(0.5, "identity-loss weight, as a fraction of λ (0: off)")
     pool_size: int = config_field(50, "generated images kept for the discriminators (0: none)")
     epochs: int = config_field(6, "epochs in all (each: every image of the larger domain once)")
@@ -130,7 +135,8 @@ class CycleGanConfig(RunConfig):
                     "batch_size": self.batch_size, "lr": self.lr, "grid_images": self.grid_images}
         non_negative = {"load_size": self.load_size, "n_blocks": self.n_blocks,
                         "lambda_cycle": self.lambda_cycle, "pool_size": self.pool_size,
-                        "lambda_identity": self.lambda_identity}
+                        "lambda_identity": self.lambda_identity,
+                        "lambda_cycle_b": self.lambda_cycle_b or 0.0}
         for key, value in positive.items():
             if value <= 0:
                 raise CnnkitError(f"--{key.replace('_', '-')} must be positive, got {value}")
@@ -219,13 +225,18 @@ def discriminator_loss(discriminator: nn.Module, real: torch.Tensor,
 
 def generator_losses(g_ab: nn.Module, g_ba: nn.Module, d_a: nn.Module, d_b: nn.Module,
                      real_a: torch.Tensor, real_b: torch.Tensor, *, lambda_cycle: float = 10.0,
-                     lambda_identity: float = 0.5) -> tuple[dict, torch.Tensor, torch.Tensor]:
+                     lambda_identity: float = 0.5, lambda_cycle_b: float | None = None
+                     ) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """({name: loss}, fake_b, fake_a) for one batch; "g_total" is what both generators minimise.
 
-    adv_ab: D_B should take G(a) for real; adv_ba likewise D_A and F(b). cycle_a = λ‖F(G(a)) − a‖₁,
-    cycle_b = λ‖G(F(b)) − b‖₁; idt_a = ½λ‖G(b) − b‖₁ (G applied to what is already B should
-    change nothing), idt_b = ½λ‖F(a) − a‖₁ (the authors' names: idt_A, idt_B).
+    adv_ab: D_B should take G(a) for real; adv_ba likewise D_A and F(b).
+    cycle_a = λ_A‖F(G(a)) − a‖₁, cycle_b = λ_B‖G(F(b)) − b‖₁; idt_a = ½λ_B‖G(b) − b‖₁ (G applied
+    to what is already B should change nothing), idt_b = ½λ_A‖F(a) − a‖₁ (the authors' names:
+    idt_A, idt_B, and their weights: lambda_A = `lambda_cycle`, lambda_B = `lambda_cycle_b`, by
+    default the same).
     """
+    lambda_a = lambda_cycle
+    lambda_b = lambda_cycle if lambda_cycle_b is None else lambda_cycle_b
     n = len(real_a)
     identity = lambda_identity > 0
     # G(a) and G(b) in one forward (per-image norm: the same as two), likewise F(b) and F(a).
@@ -233,12 +244,13 @@ def generator_losses(g_ab: nn.Module, g_ba: nn.Module, d_a: nn.Module, d_b: nn.M
     out_ba = g_ba(torch.cat([real_b, real_a]) if identity else real_b)
     fake_b, fake_a = out_ab[:n], out_ba[:n]
     losses = {"adv_ab": lsgan_loss(d_b(fake_b), True), "adv_ba": lsgan_loss(d_a(fake_a), True),
-              "cycle_a": lambda_cycle * F.l1_loss(g_ba(fake_b).float(), real_a.float()),
-              "cycle_b": lambda_cycle * F.l1_loss(g_ab(fake_a).float(), real_b.float())}
+              "cycle_a": lambda_a * F.l1_loss(g_ba(fake_b).float(), real_a.float()),
+              "cycle_b": lambda_b * F.l1_loss(g_ab(fake_a).float(), real_b.float())}
     zero = real_a.new_zeros((), dtype=torch.float32)
-    weight = lambda_cycle * lambda_identity
-    losses["idt_a"] = weight * F.l1_loss(out_ab[n:].float(), real_b.float()) if identity else zero
-    losses["idt_b"] = weight * F.l1_loss(out_ba[n:].float(), real_a.float()) if identity else zero
+    losses["idt_a"] = (lambda_b * lambda_identity * F.l1_loss(out_ab[n:].float(), real_b.float())
+                       if identity else zero)
+    losses["idt_b"] = (lambda_a * lambda_identity * F.l1_loss(out_ba[n:].float(), real_a.float())
+                       if identity else zero)
     losses["g_total"] = sum(losses.values())
     return losses, fake_b, fake_a
 
@@ -480,7 +492,7 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
             with run.autocast():
                 losses, fake_b, fake_a = generator_losses(
                     g_ab, g_ba, d_a, d_b, real_a, real_b, lambda_cycle=config.lambda_cycle,
-                    lambda_identity=config.lambda_identity)
+                    lambda_identity=config.lambda_identity, lambda_cycle_b=config.lambda_cycle_b)
             run.step(losses["g_total"], opt_g, name="g_loss", average=True)
             for ema in emas.values():
                 ema.update()
