@@ -41,6 +41,7 @@ def main() -> None:
     val, rest = held_out["val"], held_out["floor"]
     judges = [load_judge(path, domains) for path in args.judge]
     print(f"{cpu_name()}; FID / floor per judge, held-out | test")
+    references = {"val": {}, "test": {}}  # the judges' view of the real photos, made once
     scores = []  # per snapshot: {(direction, "val"|"test"): [per judge]}
     for path in args.snapshots:
         epoch = torch.load(path, weights_only=True, mmap=True)["position"]["epochs_done"]
@@ -48,8 +49,8 @@ def main() -> None:
         g, f = (generators[p].model.eval() for p in ("generator_ab", "generator_ba"))
         score = {"epoch": epoch}
         for split, images, floor in (("val", val, rest), ("test", test, train)):
-            verdicts = [judge_generators(g, f, judge, images, floor, domains, image_size=side,
-                                         seed=args.seed) for judge in judges]
+            verdicts = judge_generators(g, f, judges, images, floor, domains, image_size=side,
+                                        seed=args.seed, references=references[split])
             for direction, _ in DIRECTIONS:
                 score[direction, split] = [v.directions[direction].fid_ratio for v in verdicts]
         scores.append(score)

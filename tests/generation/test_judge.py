@@ -19,7 +19,7 @@ from cnnkit.data.unpaired import load_unpaired, to_unit_range
 from cnnkit.generation.fid import (Classifier, features, frechet_distance, kid_from_features,
                                    statistics)
 from cnnkit.generation.judge import (NOT_INCEPTION, judge_generators, judge_translation,
-                                     load_judge, summarise_judges)
+                                     load_judge, real_reference, summarise_judges)
 from cnnkit.train.classify import train
 from cnnkit.train.config import TrainConfig
 from cnnkit.train.cyclegan import (CycleGanConfig, _write_grid, load_domains, load_translator,
@@ -88,8 +88,8 @@ def test_identity_translator_scores_the_judges_error_and_no_cycle_loss(setup):
     judge = load_judge(setup["judge"], ("horse", "zebra"))
     test, train_set = setup["test"], setup["train"]
     same = nn.Identity()
-    result = judge_generators(same, same, judge, test, train_set, ("horse", "zebra"),
-                              image_size=SIDE)
+    result, = judge_generators(same, same, [judge], test, train_set, ("horse", "zebra"),
+                               image_size=SIDE)
     horse, zebra = judge.classes.index("horse"), judge.classes.index("zebra")
     acc_horse = (_judge_on(judge, test.a) == horse).double().mean().item()
     acc_zebra = (_judge_on(judge, test.b) == zebra).double().mean().item()
@@ -126,8 +126,8 @@ def test_swapping_in_real_target_images_scores_the_judges_accuracy_and_the_floor
     test, train_set = setup["test"], setup["train"]
     a, b = _unit(test.a), _unit(test.b)
     # G turns the i-th test horse into the i-th test zebra, F the reverse.
-    result = judge_generators(Lookup(a, b), Lookup(b, a), judge, test, train_set,
-                              ("horse", "zebra"), image_size=SIDE)
+    result, = judge_generators(Lookup(a, b), Lookup(b, a), [judge], test, train_set,
+                               ("horse", "zebra"), image_size=SIDE)
     ab, ba = result.directions["AtoB"], result.directions["BtoA"]
     assert ab.success == pytest.approx(result.domain_accuracy["zebra"])
     assert ba.success == pytest.approx(result.domain_accuracy["horse"])
@@ -135,20 +135,44 @@ def test_swapping_in_real_target_images_scores_the_judges_accuracy_and_the_floor
     # Swapping in the real *training* zebras of the first floor sample (the seed's random order)
     # reproduces that sample's FID; with only those six as the training set, the whole floor.
     first = train_set.b[torch.randperm(16, generator=torch.Generator().manual_seed(0))[:6]]
-    swapped = judge_generators(Lookup(a, _unit(first)), nn.Identity(), judge, test, train_set,
-                               ("horse", "zebra"), image_size=SIDE)
+    swapped, = judge_generators(Lookup(a, _unit(first)), nn.Identity(), [judge], test,
+                                train_set, ("horse", "zebra"), image_size=SIDE)
     sab = swapped.directions["AtoB"]
     assert sab.fid == pytest.approx(sab.fid_floors[0], rel=1e-9) and sab.fid_floor > 0
     assert sab.fid_floors[1] != pytest.approx(sab.fid_floors[0])  # another sample, another FID
     six = replace(train_set, a=train_set.a[:6], b=first)
-    alone = judge_generators(Lookup(a, _unit(first)), nn.Identity(), judge, test, six,
-                             ("horse", "zebra"), image_size=SIDE).directions["AtoB"]
+    alone = judge_generators(Lookup(a, _unit(first)), nn.Identity(), [judge], test, six,
+                             ("horse", "zebra"), image_size=SIDE)[0].directions["AtoB"]
     assert alone.floor_samples == 1 and alone.fid == pytest.approx(alone.fid_floor, rel=1e-6)
     assert (alone.kid, alone.kid_se) == pytest.approx((alone.kid_floor, alone.kid_floor_se),
                                                       rel=1e-6)
     zebra = judge.classes.index("zebra")
     assert sab.success == pytest.approx((_judge_on(judge, first) == zebra).double().mean().item())
     assert sab.cycle_l1 > 0  # F is the identity: the horse does not come back
+
+
+def test_several_judges_at_once_and_their_real_references_made_once(setup):
+    """Several judges in one call (the test images translated once) give each judge's own
+    verdict; `references` keeps each judge's view of the real photos for the next call, which
+    uses it as kept (a run judging every epoch makes it once)."""
+    judges = [load_judge(setup[name], ("horse", "zebra")) for name in ("judge", "second_judge")]
+    test, train_set = setup["test"], setup["train"]
+    g, f = Lookup(_unit(test.a), _unit(test.b.flip(0))), nn.Identity()
+    alone = [judge_generators(g, f, [judge], test, train_set, ("horse", "zebra"),
+                              image_size=SIDE)[0] for judge in judges]
+    references = {}
+    together = judge_generators(g, f, judges, test, train_set, ("horse", "zebra"),
+                                image_size=SIDE, references=references)
+    assert together == alone and together[0] != together[1]
+    assert sorted(references) == sorted(str(judge.path) for judge in judges)
+    # Kept references are used as they are: made from six training photos, they bring that
+    # floor into a call on all sixteen.
+    six = replace(train_set, a=train_set.a[:6], b=train_set.b[:6])
+    kept = {str(judges[0].path): real_reference(judges[0], test, six)}
+    again, = judge_generators(g, f, judges[:1], test, train_set, ("horse", "zebra"),
+                              image_size=SIDE, references=kept)
+    small, = judge_generators(g, f, judges[:1], test, six, ("horse", "zebra"), image_size=SIDE)
+    assert again == small and again != alone[0]
 
 
 def test_cli_eval_prints_the_judgement(setup):
@@ -240,9 +264,9 @@ def test_held_out_training_images_judge_each_epoch_and_pick_best_pt(setup):
     held = load_unpaired(setup["root"], "train", limit=8)
     val = replace(held, a=held.a[5:], b=held.b[5:])
     floor = replace(held, a=held.a[:5], b=held.b[:5])
-    verdicts = [judge_generators(g_ab, g_ba, load_judge(setup[judge]), val, floor,
-                                 ("horse", "zebra"), image_size=SIDE + 4)
-                for judge in ("judge", "second_judge")]
+    verdicts = [judge_generators(g_ab, g_ba, [load_judge(setup[judge])], val, floor,
+                                 ("horse", "zebra"), image_size=SIDE + 4)[0]
+                for judge in ("judge", "second_judge")]  # one at a time: training's are at once
     row = history[best["best"]["epoch"] - 1]
     by_judge = [v.directions["AtoB"].fid_ratio for v in verdicts]
     assert by_judge[0] != pytest.approx(by_judge[1])  # two rulers: the mean is neither one

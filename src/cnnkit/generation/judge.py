@@ -173,11 +173,37 @@ def real_floor(judge: LoadedModel, train: torch.Tensor, reference: tuple, n: int
     return feats, np.array(floors)
 
 
-def judge_generators(g_ab: nn.Module, g_ba: nn.Module, judge: LoadedModel, test: UnpairedDataset,
-                     train: UnpairedDataset, domains: tuple[str, str], *, image_size: int,
-                     device: torch.device | str = "cpu", seed: int = 0) -> TranslationJudgement:
-    """Judge generators G: A → B and F: B → A on `test` (both domains' test images, uint8);
-    `train` holds the real training images the floors are drawn from (`real_floor`)."""
+@dataclass(frozen=True)
+class RealReference:
+    """What one judge makes of the real photos — the same for any generators, so a training run
+    that judges every epoch computes it once: per domain, the judge's (features, classes) of its
+    test photos, and its floor (real_floor: all training photos' features, each sample's FID)."""
+    seen: dict[str, tuple[np.ndarray, torch.Tensor]]
+    floor: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def real_reference(judge: LoadedModel, test: UnpairedDataset, train: UnpairedDataset, *,
+                   seed: int = 0, device: torch.device | str = "cpu") -> RealReference:
+    """The judge's RealReference for these test and training photos (floor samples of as many
+    photos as the other domain has test photos: one per translation)."""
+    side = judge.image_shape[-1]
+    seen = {d: judge_images(judge, resize_images(x, side), device=device)
+            for d, x in (("A", test.a), ("B", test.b))}
+    floor = {tgt: real_floor(judge, getattr(train, tgt.lower()), statistics(seen[tgt][0]),
+                             len(getattr(test, src.lower())), seed=seed, device=device)
+             for src, tgt in (("A", "B"), ("B", "A"))}
+    return RealReference(seen, floor)
+
+
+def judge_generators(g_ab: nn.Module, g_ba: nn.Module, judges: Sequence[LoadedModel],
+                     test: UnpairedDataset, train: UnpairedDataset, domains: tuple[str, str], *,
+                     image_size: int, device: torch.device | str = "cpu", seed: int = 0,
+                     references: dict | None = None) -> list[TranslationJudgement]:
+    """Judge generators G: A → B and F: B → A on `test` (both domains' test images, uint8), once
+    per judge; `train` holds the real training images the floors are drawn from (`real_floor`).
+    The test images are translated once for all the judges. `references`: a dict kept between
+    calls on the same test and training photos and seed (a run judging every epoch), in which
+    each judge's RealReference is computed once, under the judge's path."""
     if image_size < 4 or image_size % 4:
         raise CnnkitError(f"--image-size must be a positive multiple of 4 (the generators halve "
                           f"it twice), got {image_size}")
@@ -185,32 +211,46 @@ def judge_generators(g_ab: nn.Module, g_ba: nn.Module, judge: LoadedModel, test:
         small = min(len(ds.a), len(ds.b))
         if small < 3:  # KID's jackknife needs 3 per set
             raise CnnkitError(f"judging needs at least 3 {split} images per domain, got {small}")
-    if sorted(judge.classes) != sorted(domains):
-        raise CnnkitError(f"the judge's classes {', '.join(judge.classes)} are not the domains "
-                          f"{', '.join(domains)}")
+    for judge in judges:
+        if sorted(judge.classes) != sorted(domains):
+            raise CnnkitError(f"the judge's classes {', '.join(judge.classes)} are not the "
+                              f"domains {', '.join(domains)}")
     for net in (g_ab, g_ba):
         net.to(device).eval()
-    side = judge.image_shape[-1]
     real = {"A": test.a, "B": test.b}
-    real_train = {"A": train.a, "B": train.b}
+    translated = {"AtoB": translate_and_cycle(g_ab, g_ba, real["A"], image_size, device=device),
+                  "BtoA": translate_and_cycle(g_ba, g_ab, real["B"], image_size, device=device)}
+    references = {} if references is None else references
+    verdicts = []
+    for judge in judges:
+        key = str(judge.path)
+        if key not in references:
+            references[key] = real_reference(judge, test, train, seed=seed, device=device)
+        verdicts.append(_judge_translated(judge, references[key], translated, real, domains,
+                                          image_size=image_size, device=device, seed=seed))
+    return verdicts
+
+
+def _judge_translated(judge: LoadedModel, reference: RealReference, translated: dict,
+                      real: dict, domains: tuple[str, str], *, image_size: int, device,
+                      seed: int) -> TranslationJudgement:
+    """One judge's verdict on the translations {direction: (uint8 images, cycle L1)}."""
+    side = judge.image_shape[-1]
     index = {d: judge.classes.index(name) for d, name in zip("AB", domains)}
-    # Real test images: the judge's accuracy, and the reference set of each target domain.
-    seen = {d: judge_images(judge, resize_images(real[d], side), device=device) for d in "AB"}
+    seen = reference.seen  # the real test images: the judge's accuracy, each target's reference
     correct = {d: (seen[d][1] == index[d]).double() for d in "AB"}
     directions = {}
-    for name, src, tgt, g, f in (("AtoB", "A", "B", g_ab, g_ba), ("BtoA", "B", "A", g_ba, g_ab)):
-        fake, cycle = translate_and_cycle(g, f, real[src], image_size, device=device)
+    for name, src, tgt in (("AtoB", "A", "B"), ("BtoA", "B", "A")):
+        fake, cycle = translated[name]
         fake_feats, fake_preds = judge_images(judge, resize_images(fake, side), device=device)
         n = len(fake)
-        ref = statistics(seen[tgt][0])
-        floor_feats, floors = real_floor(judge, real_train[tgt], ref, n, seed=seed,
-                                        device=device)
+        floor_feats, floors = reference.floor[tgt]
         kid, kid_se = kid_from_features(fake_feats, seen[tgt][0], seed=seed)
         kid_floor, kid_floor_se = kid_from_features(floor_feats, seen[tgt][0], seed=seed)
         directions[name] = DirectionJudgement(
             name, domains["AB".index(src)], domains["AB".index(tgt)],
             success=float((fake_preds == index[tgt]).double().mean()),
-            fid=frechet_distance(*statistics(fake_feats), *ref),
+            fid=frechet_distance(*statistics(fake_feats), *statistics(seen[tgt][0])),
             kid=kid, kid_se=kid_se, kid_floor=kid_floor, kid_floor_se=kid_floor_se,
             cycle_l1=cycle, n=n, n_real=len(real[tgt]), n_floor=min(n, len(floor_feats)),
             fid_floors=tuple(float(f) for f in floors))
@@ -268,9 +308,8 @@ def judge_translations(cyclegan_checkpoint: str | Path, judge_checkpoints: Seque
     test, _ = load_domains(config, "test", load_size=None, limit=n)
     train, _ = load_domains(config, "train", load_size=None)  # every floor sample
     side = image_size or judged_side
-    return [judge_generators(parts["generator_ab"].model, parts["generator_ba"].model, judge,
-                             test, train, domains, image_size=side, device=device, seed=seed)
-            for judge in judges]
+    return judge_generators(parts["generator_ab"].model, parts["generator_ba"].model, judges,
+                            test, train, domains, image_size=side, device=device, seed=seed)
 
 
 def format_judgement(result: TranslationJudgement) -> str:
@@ -322,5 +361,6 @@ def summarise_judges(results: list[TranslationJudgement]) -> str:
 
 
 __all__ = ["DirectionJudgement", "TranslationJudgement", "load_judge", "judge_images",
-           "translate_and_cycle", "real_floor", "judge_generators", "judge_translation",
+           "translate_and_cycle", "real_floor", "RealReference", "real_reference",
+           "judge_generators", "judge_translation",
            "judge_translations", "format_judgement", "summarise_judges", "NOT_INCEPTION"]

@@ -351,9 +351,11 @@ def validation_row(g_ab: nn.Module, g_ba: nn.Module, held_out: dict, domains,
     summarises several); val_fid_ratio, the worse direction's FID / floor, picks best.pt.
     Several judges: one judge's features are a noisy ruler (the same generators' FID / floor
     differs several-fold between judges of one recipe), and the test verdict is their mean."""
-    verdicts = [judge_generators(g_ab, g_ba, judge, held_out["val"], held_out["floor"], domains,
-                                 image_size=config.judged_side, device=device, seed=config.seed)
-                for judge in held_out["judges"]]
+    # The judges' view of the real photos is the same every epoch: kept in held_out, made once.
+    verdicts = judge_generators(g_ab, g_ba, held_out["judges"], held_out["val"],
+                                held_out["floor"], domains, image_size=config.judged_side,
+                                device=device, seed=config.seed,
+                                references=held_out.setdefault("references", {}))
     row = {}
     for name, key in (("AtoB", "ab"), ("BtoA", "ba")):
         row[f"val_success_{key}"] = float(np.mean([v.directions[name].success for v in verdicts]))
