@@ -11,25 +11,20 @@ usage: python benchmarks/cyclegan_epoch_scan.py SNAPSHOT [SNAPSHOT ...] --judge 
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import torch
 
+from _judging import judging_parser
 from _timing import cpu_name
 from cnnkit.generation.judge import judge_generators, load_generators, load_judge
 from cnnkit.train.cyclegan import CycleGanConfig, hold_out, load_domains
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DIRECTIONS = (("AtoB", "horse → zebra"), ("BtoA", "zebra → horse"))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = judging_parser(__doc__)
     parser.add_argument("snapshots", nargs="+", help="one checkpoint per epoch of one run")
-    parser.add_argument("--judge", nargs="+", required=True, help="judge runs or .pt files")
-    parser.add_argument("--data-dir", type=Path, default=DATASETS)
     parser.add_argument("--val-images", type=int, default=120, help="as the run held out")
     parser.add_argument("--seed", type=int, default=0, help="draws the floor samples")
     args = parser.parse_args()

@@ -11,26 +11,22 @@ usage: python benchmarks/judge_real_samples.py --judge RUN [RUN ...] [--samples 
 """
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
+from _judging import judging_parser
 from _timing import cpu_name
 from cnnkit.data.array_dataset import resize_images
 from cnnkit.generation.fid import frechet_distance, statistics
 from cnnkit.generation.judge import judge_images, load_judge, real_floor
 from cnnkit.train.cyclegan import CycleGanConfig, load_domains
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TARGET = 3.0  # the issue's "FID within 3× of the floor"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--judge", nargs="+", required=True, help="judge runs or .pt files")
-    parser.add_argument("--data-dir", type=Path, default=DATASETS)
+    parser = judging_parser(__doc__)
     parser.add_argument("--samples", type=int, default=100, help="random samples per domain")
     parser.add_argument("--seed", type=int, default=0, help="draws the floor samples")
     args = parser.parse_args()

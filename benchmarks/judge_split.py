@@ -12,12 +12,11 @@ usage: python benchmarks/judge_split.py CYCLEGAN_RUN --judge RUN [RUN ...] [--se
 """
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
+from _judging import judging_parser
 from _timing import cpu_name
 from cnnkit.data.array_dataset import resize_images
 from cnnkit.generation.fid import frechet_distance, statistics
@@ -25,14 +24,10 @@ from cnnkit.generation.judge import (judge_images, load_generators, load_judge, 
                                      translate_and_cycle)
 from cnnkit.train.cyclegan import CycleGanConfig, load_domains
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = judging_parser(__doc__)
     parser.add_argument("cyclegan", help="CycleGAN run folder or .pt (best.pt where it has one)")
-    parser.add_argument("--judge", nargs="+", required=True, help="judge runs or .pt files")
-    parser.add_argument("--data-dir", type=Path, default=DATASETS)
     parser.add_argument("--seed", type=int, default=0, help="draws the floor samples")
     args = parser.parse_args()
     start = time.perf_counter()
