@@ -358,6 +358,8 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(data, tmp_path):
                    "--crop-size 64 is larger than --load-size-b 60")
     one_line_error(cyclegan("train", "--min-load-size", "60"),
                    "--min-load-size 60 needs a --load-size and must lie between --crop-size 64")
+    one_line_error(cyclegan("train", "--lambda-cycle-b", "-1"),
+                   "--lambda-cycle-b must be 0 or more, got -1")
     with pytest.raises(CnnkitError, match="mnist is a classify data set"):
         train_cyclegan(CycleGanConfig(dataset="mnist", out_dir=str(tmp_path)), **QUIET)
     with pytest.raises(CnnkitError, match="checkpoint not found"):
