@@ -39,7 +39,10 @@ def main() -> None:
     references = {"val": {}, "test": {}}  # the judges' view of the real photos, made once
     scores = []  # per snapshot: {(direction, "val"|"test"): [per judge]}
     for path in args.snapshots:
-        epoch = torch.load(path, weights_only=True, mmap=True)["position"]["epochs_done"]
+        position = torch.load(path, weights_only=True, mmap=True)["position"]
+        # A snapshot stopped mid-epoch (a limit, a signal) is named by its steps into the next.
+        epoch = (f"{position['epochs_done']}+{position['epoch_step']} steps"
+                 if position["epoch_step"] else str(position["epochs_done"]))
         generators, side = load_generators(path, command="cyclegan_epoch_scan")
         g, f = (generators[p].model.eval() for p in ("generator_ab", "generator_ba"))
         score = {"epoch": epoch}

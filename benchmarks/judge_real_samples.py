@@ -17,9 +17,8 @@ import numpy as np
 
 from _judging import judging_parser
 from _timing import cpu_name
-from cnnkit.data.array_dataset import resize_images
 from cnnkit.generation.fid import frechet_distance, statistics
-from cnnkit.generation.judge import judge_images, load_judge, real_floor
+from cnnkit.generation.judge import load_judge, real_reference
 from cnnkit.train.cyclegan import CycleGanConfig, load_domains
 
 TARGET = 3.0  # the issue's "FID within 3× of the floor"
@@ -35,26 +34,25 @@ def main() -> None:
     train, domains = load_domains(config, "train", load_size=None)
     test, _ = load_domains(config, "test", load_size=None)
     judges = [load_judge(path, domains) for path in args.judge]
+    # Each judge's features of the real photos and floors, as `cyclegan eval` makes them.
+    references = [real_reference(judge, test, train, seed=args.seed) for judge in judges]
     print(f"{cpu_name()}; {len(judges)} judges; {args.samples} random samples per domain")
     # Domain A's photos are compared with B's translations into A, so n = B's test count.
-    for target, other in (("b", "a"), ("a", "b")):
-        real_train, real_test = getattr(train, target), getattr(test, target)
-        n = len(getattr(test, other))
-        picks = [np.random.default_rng(i).choice(len(real_train), n, replace=False)
-                 for i in range(args.samples)]
+    for target, other in (("B", "A"), ("A", "B")):
+        n = len(getattr(test, other.lower()))
+        picks = [np.random.default_rng(i).choice(len(getattr(train, target.lower())), n,
+                                                 replace=False) for i in range(args.samples)]
         ratios = []  # (judges, samples)
-        for judge in judges:
-            side = judge.image_shape[-1]
-            reference = statistics(judge_images(judge, resize_images(real_test, side))[0])
-            feats, floors = real_floor(judge, real_train, reference, n, seed=args.seed)
+        for reference in references:
+            feats, floors = reference.floor[target]
             floor = float(np.median(floors))
-            ratios.append([frechet_distance(*statistics(feats[p]), *reference) / floor
-                           for p in picks])
+            ratios.append([frechet_distance(*statistics(feats[p]), *reference.stats[target])
+                           / floor for p in picks])
         ratios = np.array(ratios)
         mean = ratios.mean(0)
         per_judge = ", ".join(f"{np.mean(r > TARGET):.0%}" for r in ratios)
         p10, p50, p90 = np.percentile(mean, [10, 50, 90])
-        print(f"{domains['ab'.index(target)]} (n = {n}): samples over {TARGET:g}× the floor per "
+        print(f"{domains['AB'.index(target)]} (n = {n}): samples over {TARGET:g}× the floor per "
               f"judge {per_judge}; by the judges' mean {np.mean(mean > TARGET):.0%} "
               f"(FID / floor 10th / 50th / 90th percentile {p10:.2f} / {p50:.2f} / {p90:.2f})")
     print(f"\n{time.perf_counter() - start:.0f} s")

@@ -177,8 +177,10 @@ def real_floor(judge: LoadedModel, train: torch.Tensor, reference: tuple, n: int
 class RealReference:
     """What one judge makes of the real photos — the same for any generators, so a training run
     that judges every epoch computes it once: per domain, the judge's (features, classes) of its
-    test photos, and its floor (real_floor: all training photos' features, each sample's FID)."""
+    test photos, their (mean, covariance), and its floor (real_floor: all training photos'
+    features, each sample's FID)."""
     seen: dict[str, tuple[np.ndarray, torch.Tensor]]
+    stats: dict[str, tuple[np.ndarray, np.ndarray]]
     floor: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -189,10 +191,11 @@ def real_reference(judge: LoadedModel, test: UnpairedDataset, train: UnpairedDat
     side = judge.image_shape[-1]
     seen = {d: judge_images(judge, resize_images(x, side), device=device)
             for d, x in (("A", test.a), ("B", test.b))}
-    floor = {tgt: real_floor(judge, getattr(train, tgt.lower()), statistics(seen[tgt][0]),
+    stats = {d: statistics(feats) for d, (feats, _) in seen.items()}
+    floor = {tgt: real_floor(judge, getattr(train, tgt.lower()), stats[tgt],
                              len(getattr(test, src.lower())), seed=seed, device=device)
              for src, tgt in (("A", "B"), ("B", "A"))}
-    return RealReference(seen, floor)
+    return RealReference(seen, stats, floor)
 
 
 def judge_generators(g_ab: nn.Module, g_ba: nn.Module, judges: Sequence[LoadedModel],
@@ -250,7 +253,7 @@ def _judge_translated(judge: LoadedModel, reference: RealReference, translated: 
         directions[name] = DirectionJudgement(
             name, domains["AB".index(src)], domains["AB".index(tgt)],
             success=float((fake_preds == index[tgt]).double().mean()),
-            fid=frechet_distance(*statistics(fake_feats), *statistics(seen[tgt][0])),
+            fid=frechet_distance(*statistics(fake_feats), *reference.stats[tgt]),
             kid=kid, kid_se=kid_se, kid_floor=kid_floor, kid_floor_se=kid_floor_se,
             cycle_l1=cycle, n=n, n_real=len(real[tgt]), n_floor=min(n, len(floor_feats)),
             fid_floors=tuple(float(f) for f in floors))
