@@ -109,10 +109,10 @@ def test_loader_epochs_cover_the_larger_domain_once(tmp_path):
     batches = list(loader)
     again = list(loader)
     assert all(torch.equal(x, y) for p, q in zip(batches, again) for x, y in zip(p, q))
-    seen_b = sorted(int(b[k, 1, 0, 0].add(1).mul(127.5).round()) for _, b in batches
+    seen_b = sorted(int(b[k, 1, 0, 0].add(1).mul(127.5).round()) for _, b, _ in batches
                     for k in range(2))
     assert seen_b == list(range(8))  # every B image once
-    seen_a = [int(a[k, 0, 0, 0].add(1).mul(127.5).round()) for a, _ in batches for k in range(2)]
+    seen_a = [int(a[k, 0, 0, 0].add(1).mul(127.5).round()) for a, *_ in batches for k in range(2)]
     assert set(seen_a) == set(range(5)) and max(map(seen_a.count, range(5))) == 2  # cycled
     loader.set_epoch(1)
     assert not all(torch.equal(x[0], y[0]) for x, y in zip(batches, loader))
@@ -132,7 +132,7 @@ def test_random_rescale_draws_every_side_in_range_and_resizes_the_whole_batch():
     seen = []
     for epoch in range(60):  # one step an epoch; a side of 16 is drawn 1 time in 9
         loader.set_epoch(epoch)
-        seen += [torch.equal(a, whole) or torch.equal(a, whole.flip(0)) for a, _ in loader]
+        seen += [torch.equal(a, whole) or torch.equal(a, whole.flip(0)) for a, *_ in loader]
     assert any(seen) and not all(seen)
     with pytest.raises(CnnkitError, match="--min-load-size 12 must lie between --crop-size 16"):
         UnpairedLoader(ds, 2, crop_size=16, min_side=12)
@@ -143,7 +143,8 @@ def test_domains_of_different_sizes_are_cropped_each_from_its_own():
     ds = load_unpaired(HORSE2ZEBRA, limit=3, load_size=24)
     ds.b = resize_images(ds.b, 16)
     loader = UnpairedLoader(ds, 3, crop_size=16, seed=2)
-    a, b = next(iter(loader))
+    a, b, b_for_d = next(iter(loader))
+    assert b_for_d is b  # no scale of its own for D_B
     assert a.shape == b.shape == (3, 3, 16, 16)
     whole = to_unit_range(ds.b)
     assert all(any(torch.equal(x, w) or torch.equal(x, w.flip(-1)) for w in whole) for x in b)
@@ -151,6 +152,35 @@ def test_domains_of_different_sizes_are_cropped_each_from_its_own():
                    for x in a)  # A is cropped from its 24-pixel images, not resized
     with pytest.raises(CnnkitError, match="--crop-size 20 is larger than the 16×16 images"):
         UnpairedLoader(ds, 3, crop_size=20)
+
+
+def test_discriminator_b_sees_the_same_b_images_at_a_scale_of_its_own():
+    # --d-load-size-b: D_B's real zebras are whole 16-px images, F's are crops of 24-px ones
+    ds = load_unpaired(HORSE2ZEBRA, limit=3, load_size=24)
+    alone = [tuple(t.clone() for t in batch) for batch in UnpairedLoader(ds, 3, crop_size=16,
+                                                                          seed=2)]
+    ds.b_for_discriminator = resize_images(ds.b, 16)
+    loader = UnpairedLoader(ds, 3, crop_size=16, seed=2)
+    (a, b, b_for_d), = list(loader)
+    assert torch.equal(a, alone[0][0]) and torch.equal(b, alone[0][1])  # their crops unchanged
+    whole = to_unit_range(ds.b_for_discriminator)
+    # the same image as B's crop, whole, in order (flipped or not)
+    for x, k in zip(b_for_d, _b_sources(b, to_unit_range(ds.b))):
+        assert torch.equal(x, whole[k]) or torch.equal(x, whole[k].flip(-1))
+    ds.b_for_discriminator = resize_images(ds.b, 12)
+    with pytest.raises(CnnkitError, match="--crop-size 16 is larger than the 12×12 images"):
+        UnpairedLoader(ds, 3, crop_size=16)
+
+
+def _b_sources(crops: torch.Tensor, images: torch.Tensor) -> list[int]:
+    """Which of `images` (N, 3, S, S) each 16-px crop was cut from (flipped or not)."""
+    def holds(image, crop):
+        windows = image.unfold(1, 16, 1).unfold(2, 16, 1)  # (3, S-15, S-15, 16, 16)
+        windows = windows.permute(1, 2, 0, 3, 4).flatten(0, 1)
+        return any(torch.equal(w, c) for w in windows for c in (crop, crop.flip(-1)))
+    sources = [[k for k, image in enumerate(images) if holds(image, crop)] for crop in crops]
+    assert all(len(found) == 1 for found in sources)
+    return [found[0] for found in sources]
 
 
 def test_ranks_take_slices_of_the_one_process_batch():
@@ -162,7 +192,7 @@ def test_ranks_take_slices_of_the_one_process_batch():
     for loader in (whole, *ranks):
         loader.set_epoch(2)
     assert len(whole) == len(ranks[0]) == 1  # 7 // 4, 7 // (2 · 2)
-    for (a, b), (a0, b0), (a1, b1) in zip(whole, *ranks, strict=True):
+    for (a, b, _), (a0, b0, _), (a1, b1, _) in zip(whole, *ranks, strict=True):
         assert torch.equal(a, torch.cat([a0, a1])) and torch.equal(b, torch.cat([b0, b1]))
 
 

@@ -22,7 +22,7 @@ from cnnkit.diffusion.ema import EMA
 from cnnkit.models import create_model
 from cnnkit.models.cyclegan import PatchDiscriminator, ResnetGenerator
 from cnnkit.train.cyclegan import (CycleGanConfig, ImagePool, _training_data,
-                                   discriminator_loss, generator_losses, keep_each_best,
+                                   discriminator_loss, generator_losses, hold_out, keep_each_best,
                                    kept_generators, lr_factor, lsgan_loss, train_cyclegan,
                                    translate_files, with_each_best)
 from cnnkit.utils import CnnkitError
@@ -188,6 +188,17 @@ def test_domain_b_trains_at_its_own_scale(data, tmp_path):
     files = load_unpaired(data, "train", limit=4)
     assert torch.equal(loader.dataset.a, resize_images(files.a, 16))
     assert torch.equal(loader.dataset.b, resize_images(files.b, 24))
+    assert loader.dataset.b_for_discriminator is None
+    # --d-load-size-b: D_B's real B at a third scale, from the files, held out alike
+    lines.clear()
+    config = replace(config, d_load_size_b=20, out_dir=str(tmp_path / "d"))
+    train_cyclegan(config, log=lines.append)
+    assert any("4 + 4 images 16×16 + 24×24 (D_B's real B 20 px)" in line for line in lines)
+    loader = _training_data(config, run)[0]
+    assert torch.equal(loader.dataset.b_for_discriminator, resize_images(files.b, 20))
+    train, held = hold_out(replace(config, val_images=1), loader.dataset)
+    assert torch.equal(train.b_for_discriminator, resize_images(files.b[:3], 20))
+    assert torch.equal(held["val"].b, files.b[3:])  # judged on the photos' own size
 
 
 def _weights(ckpt) -> dict:
@@ -356,6 +367,8 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(data, tmp_path):
     one_line_error(cyclegan("train", "--crop-size", "18"), "--crop-size must be a multiple of 4")
     one_line_error(cyclegan("train", "--load-size-b", "60"),
                    "--crop-size 64 is larger than --load-size-b 60")
+    one_line_error(cyclegan("train", "--d-load-size-b", "48"),
+                   "--crop-size 64 is larger than --d-load-size-b 48")
     one_line_error(cyclegan("train", "--min-load-size", "60"),
                    "--min-load-size 60 needs a --load-size and must lie between --crop-size 64")
     one_line_error(cyclegan("train", "--lambda-cycle-b", "-1"),

@@ -7,9 +7,9 @@ Layout (the "unaligned" format of the CycleGAN authors' code, so users bring the
 
 No pairing: an image of A has no counterpart in B (Zhu et al. 2017, §1). `load_unpaired` decodes a
 split of both domains once into uint8 tensors (RGB, resized to `load_size` when given);
-`UnpairedLoader` draws (A batch, B batch) pairs with random crops and flips (and, when asked, a
-random rescale before cropping) as whole-batch ops,
-random only through (seed, epoch), so an interrupted run resumes with the same batches.
+`UnpairedLoader` draws (A batch, B batch, B batch for D_B) with random crops and flips (and,
+when asked, a random rescale before cropping) as whole-batch ops, random only through (seed,
+epoch), so an interrupted run resumes with the same batches.
 """
 from __future__ import annotations
 
@@ -34,13 +34,15 @@ _ORDER, _AUGMENT = 0, 1  # independent random streams of an epoch
 @dataclass
 class UnpairedDataset:
     """One split of two domains: a, b uint8 (N_A, 3, H, W) and (N_B, 3, H', W'); as loaded both
-    share one size, a per-domain training scale (--load-size-b) resizes b."""
+    share one size, a per-domain training scale (--load-size-b) resizes b. `b_for_discriminator`:
+    the same B images at the scale D_B sees real B at (--d-load-size-b), when set apart."""
 
     a: torch.Tensor
     b: torch.Tensor
     files_a: list[str]
     files_b: list[str]
     name: str
+    b_for_discriminator: torch.Tensor | None = None
 
     def __len__(self) -> int:
         """Images of an epoch: every image of the larger domain once (the authors' rule)."""
@@ -149,24 +151,29 @@ def cycled_permutation(n: int, length: int, generator: torch.Generator) -> torch
 
 
 class UnpairedLoader:
-    """(A batch, B batch) of float32 (B, 3, crop, crop) in [-1, 1] per step.
+    """(A batch, B batch, B batch for D_B) of float32 (B, 3, crop, crop) in [-1, 1] per step.
 
     An epoch has max(N_A, N_B) // (batch_size · world_size) steps (the last partial batch
     dropped); each domain's order is a permutation (cycled for the smaller domain) drawn from
     (seed, epoch), its crops and flips from an independent stream of the same (seed, epoch).
     Under torchrun each step's global batch of batch_size · world_size pairs is drawn as one
     process would draw it, and rank r takes its r-th slice: the ranks' batches together are
-    exactly the one-process batch of batch_size · world_size.
+    exactly the one-process batch of batch_size · world_size. The third batch is the second
+    itself, unless the data set holds B at a scale of its own for D_B (`b_for_discriminator`): then
+    it is the same B images cropped from that scale, with crops and flips of their own.
     """
 
     def __init__(self, ds: UnpairedDataset, batch_size: int, *, crop_size: int, hflip: bool = True,
                  min_side: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1):
-        for images in (ds.a, ds.b):
+        for images in (ds.a, ds.b, ds.b_for_discriminator):
+            if images is None:
+                continue
             height, width = images.shape[-2:]
             if crop_size > min(height, width):
                 raise CnnkitError(f"--crop-size {crop_size} is larger than the {height}×{width} "
                                   f"images of {ds.name}; lower it or raise --load-size")
-            if min_side is not None and not (height == width and crop_size <= min_side <= height):
+            if min_side is not None and images is not ds.b_for_discriminator and not (
+                    height == width and crop_size <= min_side <= height):
                 raise CnnkitError(f"--min-load-size {min_side} must lie between --crop-size "
                                   f"{crop_size} and the side of the square images "
                                   f"({height}×{width})")
@@ -182,7 +189,7 @@ class UnpairedLoader:
     def __len__(self) -> int:
         return self.num_samples // (self.batch_size * self.world_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         ds, n = self.dataset, self.num_samples
         order = epoch_generator(self.seed, self.epoch, _ORDER)
         index_a = cycled_permutation(len(ds.a), n, order)  # (n,)
@@ -197,4 +204,11 @@ class UnpairedLoader:
                 a, b = (random_rescale(x, self.min_side, augment) for x in (a, b))
             a = random_crop_flip(a, self.crop_size, augment, hflip=self.hflip)
             b = random_crop_flip(b, self.crop_size, augment, hflip=self.hflip)
-            yield to_unit_range(a[mine]), to_unit_range(b[mine])
+            a, b = to_unit_range(a[mine]), to_unit_range(b[mine])
+            if ds.b_for_discriminator is None:
+                yield a, b, b
+                continue
+            # Drawn after the others, so that runs without it keep their crops.
+            b_for_d = random_crop_flip(ds.b_for_discriminator[index_b[start:start + step]],
+                                       self.crop_size, augment, hflip=self.hflip)
+            yield a, b, to_unit_range(b_for_d[mine])

@@ -59,9 +59,10 @@ class CycleGanConfig(RunConfig):
     generator, 64-pixel crops, a few epochs); the paper: --ngf 64 --n-blocks 9 (or 6 at 128 px)
     --load-size 286 --crop-size 256 --batch-size 1 --epochs 200 --decay-epochs 100."""
     fixed_on_resume: ClassVar[tuple[str, ...]] = (
-        "dataset", "data_dir", "train_limit", "load_size", "load_size_b", "min_load_size",
-        "crop_size", "ngf", "n_blocks", "upsample", "ndf", "n_layers_d", "batch_size",
-        "pool_size", "seed", "ema_decay", "val_images", "judge", "judge_size", "choose")
+        "dataset", "data_dir", "train_limit", "load_size", "load_size_b", "d_load_size_b",
+        "min_load_size", "crop_size", "ngf", "n_blocks", "upsample", "ndf", "n_layers_d",
+        "batch_size", "pool_size", "seed", "ema_decay", "val_images", "judge", "judge_size",
+        "choose")
 
     # --- data ---
     dataset: str | None = config_field(None, "registered unpaired data set (horse2zebra, read from "
@@ -75,6 +76,10 @@ class CycleGanConfig(RunConfig):
                                            "instead (default: --load-size): a training scale "
                                            "per direction, as each generator learns from its "
                                            "source domain's crops")
+    d_load_size_b: int | None = config_field(None, "resize domain B's training images to this "
+                                             "side for D_B's real examples only (default: B's "
+                                             "scale above): D_B learns real B at one scale "
+                                             "while F reads B at the scale it translates at")
     min_load_size: int | None = config_field(None, "scale augmentation: each step resizes its "
                                              "images to a side drawn from [this, --load-size] "
                                              "before cropping (default: off)")
@@ -154,9 +159,11 @@ class CycleGanConfig(RunConfig):
         if self.load_size and self.crop_size > self.load_size:
             raise CnnkitError(f"--crop-size {self.crop_size} is larger than --load-size "
                               f"{self.load_size}")
-        if self.load_size_b is not None and self.crop_size > self.load_size_b:
-            raise CnnkitError(f"--crop-size {self.crop_size} is larger than --load-size-b "
-                              f"{self.load_size_b}")
+        for key in ("load_size_b", "d_load_size_b"):
+            side = getattr(self, key)
+            if side is not None and self.crop_size > side:
+                raise CnnkitError(f"--crop-size {self.crop_size} is larger than "
+                                  f"--{key.replace('_', '-')} {side}")
         if self.min_load_size is not None and not (
                 self.load_size and self.crop_size <= self.min_load_size <= self.load_size):
             raise CnnkitError(f"--min-load-size {self.min_load_size} needs a --load-size and must "
@@ -338,8 +345,10 @@ def hold_out(config: CycleGanConfig, data: UnpairedDataset
     native, _ = load_domains(config, "train", load_size=None, limit=config.train_limit)
 
     def part(ds: UnpairedDataset, rows: slice) -> UnpairedDataset:
+        b_for_d = ds.b_for_discriminator
         return replace(ds, a=ds.a[rows], b=ds.b[rows], files_a=ds.files_a[rows],
-                       files_b=ds.files_b[rows])
+                       files_b=ds.files_b[rows], b_for_discriminator=None if b_for_d is None
+                       else b_for_d[rows])
     return part(data, slice(-n)), {"val": part(native, slice(-n, None)),
                                    "floor": part(native, slice(-n))}
 
@@ -434,6 +443,10 @@ def _training_data(config: CycleGanConfig, run: Run):
         own_b, _ = load_domains(config, "train", load_size=config.load_size_b,
                                 limit=config.train_limit)
         data = replace(data, b=own_b.b)
+    if config.d_load_size_b:  # D_B's real B at a scale of its own, from the files too
+        seen_by_d, _ = load_domains(config, "train", load_size=config.d_load_size_b,
+                                    limit=config.train_limit)
+        data = replace(data, b_for_discriminator=seen_by_d.b)
     held_out = None
     if config.val_images:
         data, held_out = hold_out(config, data)
@@ -474,6 +487,8 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
     if not run.resuming:
         # "128×128", or "128×128 + 72×72" when --load-size-b sets B's scale apart
         sizes = " + ".join(dict.fromkeys(f"{x.shape[-2]}×{x.shape[-1]}" for x in (data.a, data.b)))
+        if data.b_for_discriminator is not None:
+            sizes += f" (D_B's real {domains[1]} {data.b_for_discriminator.shape[-1]} px)"
         log(f"CycleGAN {domains[0]} ↔ {domains[1]}: 2 × G {count_parameters(g_ab):,} / 2 × D "
             f"{count_parameters(d_a):,} parameters | {len(data.a)} + {len(data.b)} images "
             f"{sizes}, crops {config.crop_size} | "
@@ -487,7 +502,8 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
             group["lr"] = lr
         for net in nets.values():
             net.train()
-        for real_a, real_b in batches:  # (B, 3, crop, crop) each, in [-1, 1]
+        # (B, 3, crop, crop) each, in [-1, 1]; real_b_for_d is real_b unless --d-load-size-b
+        for real_a, real_b, real_b_for_d in batches:
             # Generators: the discriminators' weights get no gradient from this step.
             for net in (d_a, d_b):
                 net.requires_grad_(False)
@@ -503,7 +519,8 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
             # Discriminators: D_A tells real a from F(b), D_B real b from G(a); fakes via pools.
             with run.autocast():
                 losses["d_a"] = discriminator_loss(d_a, real_a, pools["a"].query(fake_a))
-                losses["d_b"] = discriminator_loss(d_b, real_b, pools["b"].query(fake_b))
+                losses["d_b"] = discriminator_loss(d_b, real_b_for_d,
+                                                   pools["b"].query(fake_b))
             run.step(losses["d_a"] + losses["d_b"], opt_d, name="d_loss", average=True)
             for key, value in losses.items():
                 run.sums[key] += value.item() * len(real_a)
