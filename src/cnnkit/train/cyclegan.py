@@ -464,7 +464,6 @@ def _training_data(config: CycleGanConfig, run: Run):
 def _train(run: Run, config: CycleGanConfig, log) -> None:
     env = run.env
     loader, domains, held_out, fixed = _training_data(config, run)
-    data = loader.dataset
     nets, specs = build_networks(config)
     # Not DDP-wrapped: G and F run twice per step and the discriminators are frozen in turn,
     # which DDP's hooks cannot follow; run.step(average=True) means the gradients over the ranks.
@@ -485,16 +484,7 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
                       "mean": [0.5] * 3, "std": [0.5] * 3,
                       "image_shape": [3, config.crop_size, config.crop_size]})
     if not run.resuming:
-        # "128×128", or "128×128 + 72×72" when --load-size-b sets B's scale apart
-        sizes = " + ".join(dict.fromkeys(f"{x.shape[-2]}×{x.shape[-1]}" for x in (data.a, data.b)))
-        if data.b_for_discriminator is not None:
-            sizes += f" (D_B's real {domains[1]} {data.b_for_discriminator.shape[-1]} px)"
-        log(f"CycleGAN {domains[0]} ↔ {domains[1]}: 2 × G {count_parameters(g_ab):,} / 2 × D "
-            f"{count_parameters(d_a):,} parameters | {len(data.a)} + {len(data.b)} images "
-            f"{sizes}, crops {config.crop_size} | "
-            f"{config.epochs} epochs × {len(loader)} steps"
-            f"{f' × {env.world_size} ranks' if env.active else ''} | {run.device.type}, "
-            f"{run.precision} | run {run.dir}")
+        log(_start_line(run, config, loader, domains, g_ab, d_a))
 
     for epoch, batches in run.epochs(loader, epochs=config.epochs):
         lr = config.lr * lr_factor(epoch, config.epochs, config.decay_epochs)
@@ -543,6 +533,20 @@ def _train(run: Run, config: CycleGanConfig, log) -> None:
         if env.is_main:
             _draw_after_epoch(run, chosen, shown, fixed, domains)
     run.finish()
+
+
+def _start_line(run: Run, config: CycleGanConfig, loader, domains, g_ab, d_a) -> str:
+    """The run's first log line: networks, images and their scales, schedule, device."""
+    data, env = loader.dataset, run.env
+    # "128×128", or "128×128 + 72×72" when --load-size-b sets B's scale apart
+    sizes = " + ".join(dict.fromkeys(f"{x.shape[-2]}×{x.shape[-1]}" for x in (data.a, data.b)))
+    if data.b_for_discriminator is not None:
+        sizes += f" (D_B's real {domains[1]} {data.b_for_discriminator.shape[-1]} px)"
+    return (f"CycleGAN {domains[0]} ↔ {domains[1]}: 2 × G {count_parameters(g_ab):,} / 2 × D "
+            f"{count_parameters(d_a):,} parameters | {len(data.a)} + {len(data.b)} images "
+            f"{sizes}, crops {config.crop_size} | {config.epochs} epochs × {len(loader)} steps"
+            f"{f' × {env.world_size} ranks' if env.active else ''} | {run.device.type}, "
+            f"{run.precision} | run {run.dir}")
 
 
 def _record_epoch(run: Run, config: CycleGanConfig, row: dict, batches, nets: dict,
